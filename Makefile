@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Both create .venv with pip; nothing is installed outside it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m ddpm config --config config/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check ddpm tests benchmarks
+	$(BIN)/ruff format --check ddpm tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""`python -m ddpm <stage> ...`: parse the arguments, then make one call into the module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from ddpm.errors import PipelineError
+
+
+def _parse_set(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _config(args):
+    from ddpm.config import load_config
+
+    return load_config(args.config, _parse_set(args.set))
+
+
+def _run_config(args):
+    from ddpm.config import get_run
+
+    return get_run(_config(args), args.run)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_schema(args) -> None:
+    from ddpm.config import schema_yaml
+
+    text = schema_yaml()
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_config(args) -> None:
+    """Print the resolved config (of one run, or the base config and the run ids)."""
+    from ddpm.config import expand_grid, to_dict
+
+    cfg = _config(args)
+    if args.run:
+        from ddpm.config import get_run
+
+        out = {"run": args.run, "config": to_dict(get_run(cfg, args.run).config)}
+    else:
+        out = {"config": to_dict(cfg), "runs": [r.id for r in expand_grid(cfg)]}
+    print(json.dumps(out, indent=2))
+
+
+def cmd_runs(args) -> None:
+    from ddpm.config import expand_grid
+
+    for run in expand_grid(_config(args)):
+        print(run.id)
+
+
+COMMANDS = {
+    "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
+    "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
+    "runs": (cmd_runs, "list the run ids of the config's grid"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "schema":
+            p.add_argument("--out", help="file to write (default: stdout)")
+            continue
+        p.add_argument("--config", required=True, help="YAML config file")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key (dotted, e.g. train.steps=100); repeatable",
+        )
+        if name == "config":
+            p.add_argument("--run", help="print this run's resolved config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command][0](args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

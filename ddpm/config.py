@@ -1,0 +1,563 @@
+"""The typed configuration: the only code that reads the YAML config.
+
+`load_config(path)` returns a frozen `Config`; every key is declared once below with its type,
+default, allowed range and a one-line doc. The JSON schema in `workflow/schemas/` is generated
+from these declarations (`python -m ddpm schema`), so the two cannot drift apart.
+
+The experiment grid (`grid:`) maps config keys to lists of values; `expand_grid` turns it into
+runs with stable ids such as `T~1000_schedule~cosine`, each with its fully resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ddpm.errors import PipelineError
+
+
+class ConfigError(PipelineError, ValueError):
+    """A user's mistake in the config: the message names the dotted key, the value and the fix."""
+
+
+def setting(default: Any, doc: str, *, ge=None, gt=None, le=None, lt=None) -> Any:
+    """Declare a config key: its default, a one-line doc and (for numbers) its allowed range."""
+    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    meta = {"doc": doc, **{k: v for k, v in bounds.items() if v is not None}}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+FLOWERS_URL = "https://thor.robots.ox.ac.uk/flowers/102"
+FLOWERS_MD5 = {
+    "102flowers.tgz": "52808999861908f626f3c1f4e79d11fa",
+    "imagelabels.mat": "e0620be6f572b9609742df49c70aed4d",
+    "setid.mat": "a5357ecc9cb78c4bef273ce3793fc85c",
+}
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["flowers102", "folder", "synthetic"] = setting(
+        "flowers102", "where images come from: Oxford 102 Flowers, a folder, or built-in synthetic"
+    )
+    base_url: str = setting(
+        FLOWERS_URL, "base URL holding 102flowers.tgz, imagelabels.mat, setid.mat"
+    )
+    md5: dict[str, str] = setting(FLOWERS_MD5, "expected md5 of each downloaded file")
+    splits: tuple[Literal["train", "val", "test"], ...] = setting(
+        ("train", "val", "test"), "Flowers-102 splits to use (all three: 8,189 images)"
+    )
+    image_size: int = setting(64, "side of the square training images in pixels", ge=8, le=1024)
+    skip_corrupt: bool = setting(False, "skip (and list) unreadable images instead of failing")
+    folder: str | None = setting(None, "image folder, searched recursively (source: folder)")
+    synthetic_count: int = setting(4096, "number of images (source: synthetic)", ge=1)
+    synthetic_seed: int = setting(0, "seed of the synthetic dataset (source: synthetic)", ge=0)
+    workers: int = setting(0, "preprocessing processes; 0 means one per CPU core", ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: Literal["tiny", "ddpm", "base"] = setting(
+        "base", "U-Net size: tiny (<2M, CPU demos), ddpm (35.7M, the paper's), base (~60M)"
+    )
+    base_channels: int | None = setting(
+        None, "width of the first level (overrides the preset)", ge=8
+    )
+    channel_mults: tuple[int, ...] | None = setting(
+        None, "width multiplier per resolution level (overrides the preset)"
+    )
+    num_res_blocks: int | None = setting(
+        None, "residual blocks per level (overrides the preset)", ge=1
+    )
+    attention_resolutions: tuple[int, ...] | None = setting(
+        None, "feature-map sides (px) that get self-attention (overrides the preset)"
+    )
+    dropout: float | None = setting(
+        None, "dropout in residual blocks (overrides the preset)", ge=0.0, lt=1.0
+    )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    T: int = setting(1000, "number of diffusion steps", ge=2, le=100_000)
+    schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = setting(
+        "linear", "beta schedule (see ddpm/schedules.py)"
+    )
+    beta_start: float = setting(1.0e-4, "first beta of the linear schedules", gt=0.0, lt=1.0)
+    beta_end: float = setting(2.0e-2, "last beta of the linear schedules", gt=0.0, lt=1.0)
+    cosine_s: float = setting(0.008, "offset s of the cosine schedule", ge=0.0, lt=1.0)
+    objective: Literal["eps", "x0", "v"] = setting("eps", "what the network predicts")
+    loss_weighting: Literal["uniform", "min_snr"] = setting(
+        "uniform", "uniform (L_simple) or min-SNR-gamma weighting"
+    )
+    min_snr_gamma: float = setting(5.0, "gamma of min-SNR weighting", gt=0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: Device = setting("auto", "auto = CUDA when present, else CPU")
+    precision: Precision = setting("bf16", "autocast precision on CUDA (CPU always trains in fp32)")
+    compile: bool = setting(False, "wrap the network in torch.compile")
+    batch_size: int = setting(128, "images per optimiser step", ge=1)
+    lr: float = setting(2.0e-4, "peak AdamW learning rate", gt=0.0, lt=1.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0.0)
+    warmup_steps: int = setting(1000, "linear learning-rate warmup", ge=0)
+    grad_clip: float = setting(1.0, "max global gradient norm; 0 disables clipping", ge=0.0)
+    steps: int = setting(50_000, "optimiser steps (ignored when epochs is set)", ge=1)
+    epochs: float | None = setting(
+        None, "train this many passes over the data instead of steps", gt=0.0
+    )
+    max_minutes: float | None = setting(None, "stop (and checkpoint) after this wall time", gt=0.0)
+    ema_decay: float = setting(0.9999, "EMA decay of the weights used for sampling", ge=0.0, lt=1.0)
+    ema_warmup: bool = setting(True, "ramp the EMA decay up as (1 + n) / (10 + n)")
+    checkpoint_every: int = setting(2000, "steps between checkpoints", ge=1)
+    log_every: int = setting(100, "steps between rows of train_log.csv", ge=1)
+    preview_every: int = setting(5000, "steps between preview grids; 0 disables them", ge=0)
+    seed: int = setting(0, "seed of batches, flips, timesteps and noise", ge=0)
+    hflip: bool = setting(True, "random horizontal flips")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    method: Literal["ddpm", "ddim"] = setting("ddpm", "ancestral DDPM over all T steps, or DDIM")
+    steps: int | None = setting(None, "DDIM steps (null: all T); DDPM always takes T", ge=1)
+    eta: float = setting(0.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like", ge=0.0, le=1.0)
+    variance: Literal["beta_tilde", "beta"] = setting(
+        "beta_tilde", "DDPM reverse variance: posterior beta_tilde or beta (Ho et al. sec. 3.2)"
+    )
+    clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at each step")
+    num_images: int = setting(10_000, "images to sample for evaluation", ge=1)
+    batch_size: int = setting(256, "images per network call", ge=1)
+    seed: int = setting(0, "sample i depends only on (seed, i)", ge=0)
+    device: Device = setting("auto", "auto = CUDA when present, else CPU")
+    precision: Precision = setting("bf16", "autocast precision on CUDA")
+    trajectory_images: int = setting(6, "samples shown in trajectory.png", ge=1)
+    trajectory_points: int = setting(8, "timesteps shown per trajectory", ge=2)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    inception_weights: str = setting(
+        "results/weights/inception-2015-12-05.pth", "FID Inception weights file (torch-fidelity's)"
+    )
+    inception_source: Literal["download", "test"] = setting(
+        "download", "download the real weights, or build seeded random test weights (offline demo)"
+    )
+    weights_url: str = setting(INCEPTION_URL, "where fetch-weights downloads the weights")
+    weights_sha256_prefix: str = setting(
+        "6726825d", "leading hex digits of the weights' sha256 (torch hub convention)"
+    )
+    batch_size: int = setting(64, "images per Inception forward pass", ge=1)
+    device: Device = setting("auto", "auto = CUDA when present, else CPU")
+    kid_subset_size: int = setting(1000, "KID subset size (capped at the number of images)", ge=2)
+    kid_subsets: int = setting(100, "KID subsets averaged", ge=1)
+    is_splits: int = setting(10, "Inception Score splits", ge=1)
+    reference_max_images: int | None = setting(
+        None, "use at most this many real images for reference statistics (null: all)", ge=4
+    )
+    seed: int = setting(0, "seed of KID subsets and the real-vs-real split", ge=0)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = setting("DDPM sweep", "heading of the HTML report")
+    grid_images: int = setting(
+        36, "samples per run shown in the report (same seeds for all runs)", ge=1
+    )
+    memorisation_samples: int = setting(
+        4, "samples per run matched to their nearest training images", ge=0
+    )
+    nearest_neighbours: int = setting(3, "training images shown per memorisation sample", ge=1)
+
+
+GridValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Config:
+    results_dir: str = setting("results", "where the pipeline writes everything")
+    grid: dict[str, list[GridValue]] = setting({}, "experiment axes: config key -> list of values")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "the dataset"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "the U-Net"})
+    diffusion: DiffusionConfig = field(
+        default_factory=DiffusionConfig, metadata={"doc": "the diffusion process"}
+    )
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "the training loop"})
+    sample: SampleConfig = field(default_factory=SampleConfig, metadata={"doc": "sampling"})
+    evaluate: EvaluateConfig = field(
+        default_factory=EvaluateConfig, metadata={"doc": "FID / IS / KID"}
+    )
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"doc": "the HTML report"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of the grid: its id, the values that define it, and its resolved config."""
+
+    id: str
+    params: dict[str, GridValue]
+    config: Config
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with errors that name the dotted key.
+
+
+def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    if origin in (dict, list):
+        return "a mapping" if origin is dict else "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad(extra: str = "") -> ConfigError:
+        return ConfigError(f"{key}: {value!r} is not {_describe(tp)}{extra}")
+
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is Literal:
+        if value not in args:
+            raise bad()
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise bad(" (a non-empty list)")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            hint = ""
+            if isinstance(value, str):
+                hint = " (write floats with a decimal point, e.g. 1.0e-4: YAML reads 1e-4 as text)"
+            raise bad(hint)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")  # a bug in this module
+
+
+def _check_bounds(value: Any, meta: dict, key: str) -> None:
+    if value is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        for op, ok, word in (
+            ("ge", lambda a, b: a >= b, ">="),
+            ("gt", lambda a, b: a > b, ">"),
+            ("le", lambda a, b: a <= b, "<="),
+            ("lt", lambda a, b: a < b, "<"),
+        ):
+            if op in meta and not ok(v, meta[op]):
+                raise ConfigError(f"{key}: {value!r} is out of range; it must be {word} {meta[op]}")
+
+
+def _build(cls, data: dict, prefix: str):
+    fields = _fields(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key '{where}{unknown[0]}'; valid keys{' in ' + prefix if prefix else ''}: "
+            + ", ".join(fields)
+        )
+    kwargs = {}
+    for name, (f, tp) in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], tp, key)
+            _check_bounds(kwargs[name], f.metadata, key)
+    return cls(**kwargs)
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Checks that involve more than one key."""
+    d = cfg.diffusion
+    if d.schedule in ("linear", "scaled_linear") and d.beta_start >= d.beta_end:
+        raise ConfigError(
+            f"diffusion.beta_start ({d.beta_start}) must be smaller than "
+            f"diffusion.beta_end ({d.beta_end})"
+        )
+    s = cfg.sample
+    if s.steps is not None and s.steps > d.T:
+        raise ConfigError(f"sample.steps: {s.steps} exceeds diffusion.T ({d.T})")
+    if s.method == "ddpm" and s.steps not in (None, d.T):
+        raise ConfigError(
+            f"sample.steps: {s.steps} is only meaningful with sample.method: ddim "
+            "(ancestral DDPM sampling always takes all T steps); set it to null or use ddim"
+        )
+    if cfg.data.source == "folder" and not cfg.data.folder:
+        raise ConfigError("data.folder: must name a directory when data.source is 'folder'")
+    if not cfg.data.splits:
+        raise ConfigError("data.splits: name at least one of 'train', 'val', 'test'")
+    from ddpm.unet import resolve_unet_config  # local import: unet imports nothing from here
+
+    try:
+        resolve_unet_config(cfg.model, cfg.data.image_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dotted keys, the grid, loading.
+
+
+def _leaf_keys(cls=Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, (_, tp) in _fields(cls).items():
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            keys += _leaf_keys(tp, key + ".")
+        elif name != "grid":
+            keys.append(key)
+    return keys
+
+
+def resolve_key(key: str) -> str:
+    """Full dotted path of a grid or override key; a unique leaf name (`T`) is accepted too."""
+    leaves = _leaf_keys()
+    if key in leaves:
+        return key
+    matches = [k for k in leaves if k.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"key '{key}' is ambiguous; write one of: {', '.join(matches)}")
+    raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(leaves)}")
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{p}: expected a mapping of settings, got {child!r}")
+        node = child
+    node[leaf] = value
+
+
+_ID_SAFE = re.compile(r"^[A-Za-z0-9.+-]+$")
+
+
+def _format_value(v: GridValue) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def expand_grid(cfg: Config) -> list[Run]:
+    """The runs of the grid, sorted by id; `{}` gives one run with id `default`."""
+    base = to_dict(cfg)
+    axes = list(cfg.grid.items())
+    runs = []
+    for values in itertools.product(*(vals for _, vals in axes)):
+        params = dict(zip((k for k, _ in axes), values, strict=True))
+        parts = []
+        raw = json.loads(json.dumps(base))
+        raw["grid"] = {}
+        for key, v in params.items():
+            text = _format_value(v)
+            if not _ID_SAFE.match(text):
+                raise ConfigError(
+                    f"grid.{key}: value {v!r} cannot appear in a run id "
+                    "(use letters, digits, '.', '+' and '-')"
+                )
+            parts.append(f"{key}~{text}")
+            _set_dotted(raw, resolve_key(key), v)
+        run_id = "_".join(parts) if parts else "default"
+        run_cfg = _build(Config, raw, "")
+        _check_consistency(run_cfg)
+        runs.append(Run(run_id, params, run_cfg))
+    ids = [r.id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"grid: values give duplicate run ids: {sorted(ids)}")
+    return sorted(runs, key=lambda r: r.id)
+
+
+def get_run(cfg: Config, run_id: str) -> Run:
+    runs = {r.id: r for r in expand_grid(cfg)}
+    if run_id not in runs:
+        raise ConfigError(f"run '{run_id}' is not in the grid; runs: {', '.join(runs)}")
+    return runs[run_id]
+
+
+def config_from_dict(raw: dict | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a plain dict (as read from YAML) into a `Config`, grid runs included."""
+    raw = json.loads(json.dumps(raw or {}))  # a deep copy that also rejects non-JSON values
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of sections, got {raw!r}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, resolve_key(key) if key != "grid" else key, value)
+    for key in raw.get("grid") or {}:
+        resolve_key(key)
+    cfg = _build(Config, raw, "")
+    _check_consistency(cfg)
+    expand_grid(cfg)  # every run of the grid must be valid too
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config; `overrides` maps dotted keys to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb, key = a.get(k), b.get(k), f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("md5", "grid"):
+            keys += diff_keys(va, vb, key + ".")
+        elif va != vb:
+            keys.append(key)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON schema, generated from the declarations above.
+
+
+def _schema_of(tp, meta: dict) -> dict:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bounds = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+    if dataclasses.is_dataclass(tp):
+        return json_schema(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [_schema_of(a, meta) for a in args if a is not type(None)]
+        if type(None) in args:
+            options.append({"type": "null"})
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is tuple:
+        return {"type": "array", "items": _schema_of(args[0], meta)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _schema_of(args[1], {})}
+    if origin is list:
+        return {"type": "array", "minItems": 1, "items": _schema_of(args[0], {})}
+    out = {
+        int: {"type": "integer"},
+        float: {"type": "number"},
+        bool: {"type": "boolean"},
+        str: {"type": "string"},
+    }[tp]
+    out = dict(out)
+    if tp in (int, float):
+        out.update({bounds[k]: v for k, v in meta.items() if k in bounds})
+    return out
+
+
+def json_schema(cls=Config) -> dict:
+    """JSON schema (draft 2020-12) of a config dataclass, defaults included."""
+    props = {}
+    for name, (f, tp) in _fields(cls).items():
+        prop = _schema_of(tp, f.metadata)
+        if "doc" in f.metadata:
+            prop["description"] = f.metadata["doc"]
+        if dataclasses.is_dataclass(tp):
+            prop["default"] = {}  # so that validators that fill in defaults descend into it
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            prop["default"] = json.loads(json.dumps(default))
+        props[name] = prop
+    schema = {"type": "object", "additionalProperties": False, "properties": props}
+    if cls is Config:
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "ddpm-pipeline configuration (generated by `python -m ddpm schema`)",
+            **schema,
+        }
+    return schema
+
+
+def schema_yaml() -> str:
+    header = "# Generated from ddpm/config.py by `python -m ddpm schema`; do not edit by hand.\n"
+    return header + yaml.safe_dump(json_schema(), sort_keys=False, width=100)

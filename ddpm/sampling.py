@@ -1,0 +1,153 @@
+"""Samplers as plain functions: DDPM ancestral sampling and DDIM.
+
+Every random number that sample i uses comes from its own generator seeded by (seed, i), and
+noise is drawn on the CPU, so image i is the same at any batch size and on any device (up to
+the device's arithmetic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of sample `index` under `seed`, independent of every other sample."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _randn(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
+    """One draw of N(0, I) of `shape` per generator, stacked: [len(gens) x *shape]."""
+    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # [N x C x H x W] in [-1, 1], float32, on the sampling device
+    nfe: int  # network evaluations per image
+    trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (t, x_t on CPU)
+
+
+Step = Callable[[torch.Tensor, int, int], torch.Tensor]  # (x_t, t, t_prev) -> x_{t_prev}
+
+
+def _run_chain(
+    timesteps: list[int],
+    step: Step,
+    gens: list[torch.Generator],
+    shape: tuple[int, int, int],
+    device: torch.device,
+    record: Sequence[int],
+    progress: bool,
+    desc: str,
+) -> SampleResult:
+    """Start from x_T ~ N(0, I) and apply `step(x, t, t_prev)` for each t (descending)."""
+    x = _randn(gens, shape, device)
+    record = set(record)
+    trajectory = []
+    prevs = timesteps[1:] + [-1]
+    for t, t_prev in tqdm(
+        list(zip(timesteps, prevs, strict=True)), desc=desc, disable=not progress, leave=False
+    ):
+        if t in record:
+            trajectory.append((t, x.detach().float().cpu()))
+        x = step(x, t, t_prev)
+    trajectory.append((-1, x.detach().float().cpu()))  # t = -1: the final sample x_0
+    return SampleResult(images=x, nfe=len(timesteps), trajectory=trajectory)
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    seed: int,
+    indices: Sequence[int],
+    shape: tuple[int, int, int],
+    *,
+    device: torch.device | str = "cpu",
+    variance: Variance = "beta_tilde",
+    clip_denoised: bool = True,
+    record: Sequence[int] = (),
+    progress: bool = False,
+) -> SampleResult:
+    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
+
+    Sample j of the batch uses the generator of (seed, indices[j]).
+    `record` lists timesteps whose x_t goes into the trajectory.
+    x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), with no noise at the last step.
+    """
+    device = torch.device(device)
+    gens = [sample_generator(seed, i) for i in indices]
+
+    def step(x, t, t_prev):
+        t_vec = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+        out = diffusion.p_mean_variance(model, x, t_vec, clip_denoised, variance)
+        if t == 0:
+            return out["mean"]
+        return out["mean"] + (0.5 * out["log_variance"]).exp() * _randn(gens, shape, device)
+
+    return _run_chain(
+        list(range(diffusion.T - 1, -1, -1)), step, gens, shape, device, record, progress, "ddpm"
+    )
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """`steps` timesteps spread evenly over 0..T-1, descending, always including T-1 and 0."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"DDIM steps must be in 1..{T}, got {steps}")
+    ts = np.unique(np.round(np.linspace(0, T - 1, steps)).astype(int))
+    return [int(t) for t in ts[::-1]]
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    seed: int,
+    indices: Sequence[int],
+    shape: tuple[int, int, int],
+    *,
+    steps: int,
+    eta: float = 0.0,
+    device: torch.device | str = "cpu",
+    clip_denoised: bool = True,
+    record: Sequence[int] = (),
+    progress: bool = False,
+) -> SampleResult:
+    """DDIM (Song et al. 2021, eq. 12) on `steps` of the T timesteps.
+
+    x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z, with
+    sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); eta = 0 is deterministic.
+    """
+    device = torch.device(device)
+    gens = [sample_generator(seed, i) for i in indices]
+    ab = diffusion.alphas_cumprod
+
+    def step(x, t, t_prev):
+        t_vec = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+        eps, x0 = diffusion.model_predictions(model, x, t_vec, clip_denoised)
+        ab_t = extract(ab, t_vec, x)
+        if t_prev < 0:
+            return x0
+        ab_prev = extract(ab, torch.full_like(t_vec, t_prev), x)
+        sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+        x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * _randn(gens, shape, device)
+        return x_prev
+
+    return _run_chain(
+        ddim_timesteps(diffusion.T, steps), step, gens, shape, device, record, progress, "ddim"
+    )
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8 [0, 255], clamped and rounded (never wrapped)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

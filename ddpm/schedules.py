@@ -1,0 +1,104 @@
+"""Beta schedules by name, and the numbers that say where a schedule ends.
+
+All schedules return float64 betas of shape [T]; index t = 0 is the first (least noisy) step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
+SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "sigmoid")
+
+MAX_BETA = 0.999  # Nichol & Dhariwal 2021 clip betas here to avoid a singularity at t = T
+
+
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """betas_t = 1 - alpha_bar(t) / alpha_bar(t - 1), from alpha_bar sampled at t = 0..T."""
+    return (1.0 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+
+
+def make_betas(
+    name: ScheduleName,
+    T: int,
+    *,
+    beta_start: float = 1.0e-4,
+    beta_end: float = 2.0e-2,
+    cosine_s: float = 0.008,
+    sigmoid_start: float = -3.0,
+    sigmoid_end: float = 3.0,
+    sigmoid_tau: float = 1.0,
+) -> torch.Tensor:
+    """The beta schedule `name` with T steps, float64 [T].
+
+    - `linear`: beta_start..beta_end whatever T is (Ho et al. 2020; diffusers' DDPMScheduler).
+      With small T, alpha_bar_T stays well above 0: T = 350 ends at alpha_bar_T ~ 0.03.
+    - `scaled_linear`: the same range scaled by 1000 / T (improved-diffusion's `linear`), so
+      every T ends near the same alpha_bar_T. (Not diffusers' "scaled_linear": that one is
+      linear in sqrt(beta).)
+    - `cosine`: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) (Nichol & Dhariwal 2021,
+      eq. 17), betas clipped at 0.999.
+    - `sigmoid`: alpha_bar(t) follows a sigmoid between `sigmoid_start` and `sigmoid_end` with
+      temperature `sigmoid_tau` (Jabri et al. 2022), betas clipped at 0.999.
+    """
+    if not isinstance(T, int) or T < 2:
+        raise ValueError(f"T must be an integer >= 2, got {T!r}")
+    if name in ("linear", "scaled_linear"):
+        scale = 1000.0 / T if name == "scaled_linear" else 1.0
+        lo, hi = scale * beta_start, scale * beta_end
+        if not 0.0 < lo < hi < 1.0:
+            raise ValueError(
+                f"{name} schedule with T={T} gives betas from {lo:g} to {hi:g}; "
+                "they must satisfy 0 < beta_start < beta_end < 1"
+            )
+        betas = torch.linspace(lo, hi, T, dtype=torch.float64)
+    elif name == "cosine":
+        if not 0.0 <= cosine_s < 1.0:
+            raise ValueError(f"cosine_s must be in [0, 1), got {cosine_s}")
+        t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
+        alpha_bar = torch.cos((t + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
+        betas = _betas_from_alpha_bar(alpha_bar / alpha_bar[0])
+    elif name == "sigmoid":
+        if not sigmoid_start < sigmoid_end or sigmoid_tau <= 0:
+            raise ValueError(
+                "sigmoid schedule needs sigmoid_start < sigmoid_end and sigmoid_tau > 0"
+            )
+        t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
+        v_start = torch.tensor(sigmoid_start / sigmoid_tau, dtype=torch.float64).sigmoid()
+        v_end = torch.tensor(sigmoid_end / sigmoid_tau, dtype=torch.float64).sigmoid()
+        s = ((t * (sigmoid_end - sigmoid_start) + sigmoid_start) / sigmoid_tau).sigmoid()
+        alpha_bar = (v_end - s) / (v_end - v_start)
+        betas = _betas_from_alpha_bar(alpha_bar)
+    else:
+        raise ValueError(f"unknown beta schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError(f"{name} schedule with T={T} produced betas outside (0, 1)")
+    return betas
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), float64 [T]."""
+    return torch.cumprod(1.0 - betas.double(), dim=0)
+
+
+def snr(betas: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) per step, float64 [T]."""
+    ab = alphas_cumprod(betas)
+    return ab / (1.0 - ab)
+
+
+def terminal_stats(betas: torch.Tensor) -> dict[str, float]:
+    """Where the schedule ends: alpha_bar_T, the terminal SNR and its log.
+
+    Sampling starts from pure noise, which matches the training distribution only when
+    alpha_bar_T is close to 0; values above ~1e-3 leave visible signal at t = T.
+    """
+    ab_T = float(alphas_cumprod(betas)[-1])
+    return {
+        "alpha_bar_T": ab_T,
+        "terminal_snr": ab_T / (1.0 - ab_T),
+        "terminal_log_snr": math.log(ab_T) - math.log1p(-ab_T),
+    }

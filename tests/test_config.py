@@ -1,0 +1,132 @@
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from ddpm.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_hash,
+    expand_grid,
+    get_run,
+    load_config,
+    schema_yaml,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_load_and_real_configs_validate():
+    cfg = config_from_dict({})
+    assert cfg == Config()
+    for name in ("config.yaml", "demo.yaml"):
+        load_config(ROOT / "config" / name)
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"train": {"stepz": 3}}, "train.stepz"),
+        ({"trian": {}}, "trian"),
+        ({"diffusion": {"T": 1}}, "diffusion.T"),
+        ({"diffusion": {"T": "100"}}, "diffusion.T"),
+        ({"train": {"lr": 0.0}}, "train.lr"),
+        ({"train": {"lr": "1e-4"}}, "train.lr"),
+        ({"diffusion": {"beta_start": 1.5}}, "diffusion.beta_start"),
+        ({"diffusion": {"beta_end": 0.0}}, "diffusion.beta_end"),
+        ({"diffusion": {"schedule": "quadratic"}}, "diffusion.schedule"),
+        ({"diffusion": {"objective": "score"}}, "diffusion.objective"),
+        ({"data": {"splits": ["train", "dev"]}}, "data.splits[1]"),
+        ({"grid": {"diffusion.T": [100, 0]}}, "diffusion.T"),
+        ({"grid": {"nonsense": [1, 2]}}, "nonsense"),
+        ({"grid": {"steps": [1, 2]}}, "steps"),  # ambiguous: train.steps or sample.steps
+        ({"sample": {"method": "ddim", "steps": 2000}}, "sample.steps"),
+    ],
+)
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    assert key in str(e.value)
+
+
+def test_error_lists_valid_keys_and_allowed_values():
+    with pytest.raises(ConfigError, match="valid keys in train: .*batch_size"):
+        config_from_dict({"train": {"batchsize": 3}})
+    with pytest.raises(ConfigError, match="'linear', 'scaled_linear', 'cosine', 'sigmoid'"):
+        config_from_dict({"diffusion": {"schedule": "quad"}})
+    with pytest.raises(ConfigError, match="1.0e-4"):
+        config_from_dict({"train": {"lr": "2e-4"}})
+
+
+def test_grid_expansion_is_deterministic_unique_and_resolved():
+    raw = {
+        "grid": {
+            "T": [1000, 350],
+            "diffusion.schedule": ["linear", "cosine"],
+            "sample.steps": [50],
+        },
+        "sample": {"method": "ddim"},
+    }
+    runs = expand_grid(config_from_dict(raw))
+    ids = [r.id for r in runs]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert "T~350_diffusion.schedule~cosine_sample.steps~50" in ids
+    assert ids == [r.id for r in expand_grid(config_from_dict(raw))]
+    run = get_run(config_from_dict(raw), "T~350_diffusion.schedule~cosine_sample.steps~50")
+    assert run.config.diffusion.T == 350 and run.config.diffusion.schedule == "cosine"
+    assert run.config.sample.steps == 50 and run.config.grid == {}
+    assert run.params == {"T": 350, "diffusion.schedule": "cosine", "sample.steps": 50}
+    with pytest.raises(ConfigError, match="not in the grid"):
+        get_run(config_from_dict(raw), "T~5")
+
+
+def test_every_run_is_validated_and_an_empty_grid_gives_one_run():
+    with pytest.raises(ConfigError, match="sample.steps"):
+        config_from_dict({"grid": {"T": [10, 1000]}, "sample": {"method": "ddim", "steps": 50}})
+    assert [r.id for r in expand_grid(config_from_dict({}))] == ["default"]
+
+
+def test_overrides_and_hash(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"steps": 10}}))
+    cfg = load_config(path, {"train.steps": 20, "T": 50})
+    assert cfg.train.steps == 20 and cfg.diffusion.T == 50
+    assert config_hash(cfg) != config_hash(load_config(path))
+    assert config_hash(cfg) == config_hash(load_config(path, {"train.steps": 20, "T": 50}))
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path, {"train.nope": 1})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_schema_file_is_generated_from_the_dataclasses():
+    on_disk = (ROOT / "workflow/schemas/config.schema.yaml").read_text()
+    assert on_disk == schema_yaml(), (
+        "run `python -m ddpm schema --out workflow/schemas/config.schema.yaml`"
+    )
+
+
+def test_schema_agrees_with_the_dataclasses_on_examples():
+    schema = yaml.safe_load(schema_yaml())
+    validator = jsonschema.Draft202012Validator(schema)
+    good = [
+        {},
+        {"grid": {"T": [10, 20]}, "train": {"lr": 1.0e-3}},
+        yaml.safe_load((ROOT / "config/config.yaml").read_text()),
+    ]
+    bad = [
+        {"train": {"stepz": 1}},
+        {"diffusion": {"T": 1}},
+        {"train": {"lr": "1e-4"}},
+        {"diffusion": {"schedule": "quad"}},
+        {"model": {"dropout": 1.0}},
+    ]
+    for raw in good:
+        config_from_dict(raw)
+        validator.validate(raw)
+    for raw in bad:
+        with pytest.raises(ConfigError):
+            config_from_dict(raw)
+        assert list(validator.iter_errors(raw)), raw
