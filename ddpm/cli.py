@@ -68,10 +68,30 @@ def cmd_runs(args) -> None:
         print(run.id)
 
 
+def cmd_download(args) -> None:
+    from ddpm.data import download
+
+    cfg = _config(args)
+    if cfg.data.source != "flowers102":
+        raise PipelineError(f"data.source is {cfg.data.source!r}: there is nothing to download")
+    download(cfg.data, args.out)
+    print(f"downloaded and verified {len(cfg.data.md5)} files in {args.out}")
+
+
+def cmd_preprocess(args) -> None:
+    from ddpm.data import preprocess
+
+    manifest = preprocess(_config(args).data, args.out, raw_dir=args.raw)
+    skipped = f", skipped {len(manifest['skipped'])} unreadable" if manifest["skipped"] else ""
+    print(f"wrote {manifest['count']} images {manifest['shape']} to {args.out}{skipped}")
+
+
 COMMANDS = {
     "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
     "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
     "runs": (cmd_runs, "list the run ids of the config's grid"),
+    "download": (cmd_download, "fetch and verify the Flowers-102 files"),
+    "preprocess": (cmd_preprocess, "build the uint8 dataset tensor and its manifest"),
 }
 
 
@@ -93,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "config":
             p.add_argument("--run", help="print this run's resolved config")
+        if name == "download":
+            p.add_argument("--out", required=True, help="folder for the downloaded files")
+        if name == "preprocess":
+            p.add_argument("--raw", help="download folder (data.source: flowers102)")
+            p.add_argument("--out", required=True, help="dataset file to write (.npy)")
     return parser
 
 

@@ -1,0 +1,460 @@
+"""Data: download Flowers-102, preprocess any source to one uint8 tensor file, load it back.
+
+The preprocessed dataset is `NAME.npy` (uint8, [N x 3 x S x S]) with `NAME.json` beside it: a
+manifest holding the count, per-split counts, the preprocessing parameters, the source checksums
+and the sha256 of the tensor file, which `load_dataset` verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ddpm import __version__
+from ddpm.errors import PipelineError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
+
+
+class DataError(PipelineError):
+    pass
+
+
+# -- small file helpers --------------------------------------------------------------------------
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that it appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def manifest_path(tensor_path: str | Path) -> Path:
+    return Path(tensor_path).with_suffix(".json")
+
+
+# -- download ------------------------------------------------------------------------------------
+
+
+def _fetch(url: str, dest: Path, expected_md5: str, progress: bool) -> None:
+    """Stream `url` to a temporary file beside `dest`, check its md5, then rename it to `dest`."""
+    part = dest.with_name(f".{dest.name}.part")
+    md5 = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total else None
+            done = 0
+            with (
+                open(part, "wb") as f,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    md5.update(block)
+                    done += len(block)
+                    bar.update(len(block))
+            if total is not None and done != total:
+                raise ConnectionError(f"connection closed after {done} of {total} bytes")
+        actual = md5.hexdigest()
+        if actual != expected_md5:
+            raise DataError(
+                f"checksum mismatch for {dest.name} from {url}: expected md5 {expected_md5}, "
+                f"got {actual}; the file was removed. Check data.base_url and data.md5."
+            )
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def download(
+    data_cfg,
+    out_dir: str | Path,
+    *,
+    retries: int = 4,
+    backoff_s: float = 2.0,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Fetch every file in `data_cfg.md5` from `data_cfg.base_url` into `out_dir`, verified.
+
+    Files that are already present with the right md5 are kept. Network failures are retried
+    `retries` times with exponential backoff. The archive is then extracted safely. Returns the
+    md5 of each file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, expected in data_cfg.md5.items():
+        dest = out_dir / name
+        if dest.exists():
+            if file_digest(dest, "md5") == expected:
+                continue
+            dest.unlink()  # a stale or tampered file: fetch it again
+        url = f"{data_cfg.base_url.rstrip('/')}/{name}"
+        for attempt in range(retries + 1):
+            try:
+                _fetch(url, dest, expected, progress)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+                if isinstance(e, urllib.error.HTTPError) and e.code == 404:
+                    raise DataError(
+                        f"{url} does not exist (HTTP 404); check data.base_url"
+                    ) from None
+                if attempt == retries:
+                    raise DataError(
+                        f"could not download {url} after {retries + 1} attempts: {e}"
+                    ) from None
+                wait = backoff_s * 2**attempt
+                print(f"download of {url} failed ({e}); retrying in {wait:.0f} s", flush=True)
+                time.sleep(wait)
+    for name in data_cfg.md5:
+        if name.endswith((".tgz", ".tar.gz", ".tar")):
+            safe_extract(out_dir / name, out_dir)
+    return dict(data_cfg.md5)
+
+
+def safe_extract(archive: Path, out_dir: Path) -> None:
+    """Extract a tar archive, refusing absolute paths, `..`, links and special files.
+
+    Extraction goes to a temporary folder first, so a crash never leaves a half-extracted tree
+    that looks complete; a stamp file records which archive (by md5) was extracted.
+    """
+    stamp = out_dir / f".{archive.name}.extracted"
+    digest = file_digest(archive, "md5")
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    tmp = out_dir / f".{archive.name}.extracting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for m in members:
+            p = PurePosixPath(m.name)
+            if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(
+                    f"{archive}: refusing to extract unsafe member {m.name!r} "
+                    "(absolute path, '..', link or device); the archive is not trustworthy"
+                )
+        tar.extractall(tmp, members=members, filter="data")
+    for top in tmp.iterdir():
+        target = out_dir / top.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(top, target)
+    tmp.rmdir()
+    stamp.write_text(digest + "\n")
+
+
+# -- image lists per source ----------------------------------------------------------------------
+
+
+def flowers_image_list(raw_dir: str | Path, splits: Iterable[str]) -> list[tuple[Path, str]]:
+    """(path, split) for each Flowers-102 image of the chosen splits, from setid.mat."""
+    from scipy.io import loadmat
+
+    raw_dir = Path(raw_dir)
+    setid_path = raw_dir / "setid.mat"
+    if not setid_path.exists():
+        raise DataError(f"{setid_path} is missing; run `python -m ddpm download` first")
+    setid = loadmat(setid_path)
+    items = []
+    for split in splits:
+        for image_id in np.asarray(setid[FLOWERS_SPLIT_KEYS[split]]).ravel():
+            items.append((raw_dir / "jpg" / f"image_{int(image_id):05d}.jpg", split))
+    missing = [str(p) for p, _ in items if not p.exists()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} images listed in setid.mat are missing, e.g. {missing[0]}; "
+            "delete the raw folder and download again"
+        )
+    return items
+
+
+def folder_image_list(folder: str | Path) -> list[tuple[Path, str]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data.folder: {folder} is not a directory")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(
+            f"data.folder: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}"
+        )
+    return [(p, "all") for p in paths]
+
+
+# -- decoding and resizing -----------------------------------------------------------------------
+
+
+def load_square(path: str | Path, size: int) -> np.ndarray:
+    """Decode an image, resize its shorter side to `size` (antialiased) and centre-crop.
+
+    JPEGs are decoded at a reduced scale (PIL draft mode: 1/2, 1/4 or 1/8 in the DCT) as long as
+    the shorter side stays >= size, which makes decoding several times faster. Grayscale, CMYK and
+    palette images become RGB. Returns uint8 [S x S x 3].
+    """
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        # Resizing the centred square box is the same as resize-shorter-side then centre-crop.
+        img = img.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        )
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _load_worker(job: tuple[str, int]) -> tuple[str, bytes | None, str | None]:
+    path, size = job
+    try:
+        return path, load_square(path, size).tobytes(), None
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
+        return path, None, f"{type(e).__name__}: {e}"
+
+
+def _decode_all(paths: list[Path], size: int, workers: int, progress: bool):
+    jobs = [(str(p), size) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    chunksize = max(1, min(64, len(jobs) // (workers * 8) or 1))
+    bar = tqdm(total=len(jobs), unit="img", desc="preprocess", disable=not progress)
+    if workers == 1 or len(jobs) < 64:
+        results = map(_load_worker, jobs)
+        yield from (bar.update(1) or r for r in results)
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for r in pool.imap(_load_worker, jobs, chunksize=chunksize):
+                bar.update(1)
+                yield r
+    bar.close()
+
+
+# -- synthetic flowers ---------------------------------------------------------------------------
+
+_PETAL_COLOURS = np.array(
+    [
+        [0.93, 0.35, 0.55],
+        [0.85, 0.10, 0.15],
+        [0.98, 0.82, 0.15],
+        [0.55, 0.25, 0.75],
+        [0.97, 0.95, 0.92],
+        [0.98, 0.55, 0.10],
+        [0.35, 0.45, 0.90],
+        [0.95, 0.60, 0.75],
+    ]
+)
+_CENTRE_COLOURS = np.array(
+    [[0.95, 0.80, 0.10], [0.35, 0.20, 0.08], [0.10, 0.08, 0.05], [0.90, 0.50, 0.10]]
+)
+
+
+def synthetic_flower(seed: int, index: int, size: int) -> np.ndarray:
+    """One procedurally drawn flower, uint8 [S x S x 3], determined by (seed, index) alone.
+
+    A rose-curve corolla (5-9 petals, random colour, size, rotation and position) with a centre
+    disc and a stem, on a two-colour gradient background; drawn at 2x and box-filtered.
+    """
+    rng = np.random.default_rng([seed, index])
+    r = 2 * size
+    yy, xx = (np.mgrid[0:r, 0:r] + 0.5) / r  # (R, R) in [0, 1]
+    top, bottom = rng.uniform(0.05, 0.6, 3), rng.uniform(0.05, 0.6, 3)
+    bottom[1] = max(bottom[1], rng.uniform(0.3, 0.6))  # greenish ground
+    img = top + (bottom - top) * yy[..., None]  # (R, R, 3)
+
+    cx, cy = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.6)
+    radius = rng.uniform(0.18, 0.34)
+    stem_w = rng.uniform(0.012, 0.025)
+    stem = (np.abs(xx - cx - 0.08 * (yy - cy) ** 2) < stem_w) & (yy > cy)
+    img[stem] = [0.15, 0.5 + 0.2 * rng.random(), 0.15]
+
+    k = int(rng.integers(5, 10))
+    phase = rng.uniform(0, 2 * np.pi)
+    sharp = rng.uniform(0.6, 2.0)
+    dx, dy = xx - cx, yy - cy
+    rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+    edge = radius * (0.35 + 0.65 * np.abs(np.cos(k * (theta - phase) / 2)) ** sharp)
+    petal = rho < edge
+    colour = np.clip(
+        _PETAL_COLOURS[rng.integers(len(_PETAL_COLOURS))] + rng.normal(0, 0.06, 3), 0, 1
+    )
+    shade = 0.65 + 0.35 * np.clip(rho / radius, 0, 1)  # darker towards the centre
+    img[petal] = colour * shade[petal][:, None]
+    centre = rho < radius * rng.uniform(0.18, 0.3)
+    img[centre] = np.clip(
+        _CENTRE_COLOURS[rng.integers(len(_CENTRE_COLOURS))] + rng.normal(0, 0.04, 3), 0, 1
+    )
+
+    img = img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))  # 2x2 box filter
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def synthetic_dataset(count: int, size: int, seed: int, progress: bool = False) -> np.ndarray:
+    """uint8 [N x 3 x S x S]; image i depends only on (seed, i)."""
+    images = np.empty((count, 3, size, size), dtype=np.uint8)
+    for i in tqdm(range(count), desc="synthetic", unit="img", disable=not progress):
+        images[i] = synthetic_flower(seed, i, size).transpose(2, 0, 1)
+    return images
+
+
+# -- preprocess and load -------------------------------------------------------------------------
+
+
+def _save_dataset(images: np.ndarray, out_file: Path, manifest: dict) -> dict:
+    """Write the tensor and its manifest, each atomically; the manifest carries the sha256."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(images))
+    data = buf.getvalue()
+    manifest = {
+        **manifest,
+        "count": int(images.shape[0]),
+        "shape": list(images.shape),
+        "dtype": "uint8",
+        "layout": "N x 3 x S x S",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+    }
+    atomic_write_bytes(out_file, data)
+    atomic_write_json(manifest_path(out_file), manifest)
+    return manifest
+
+
+def preprocess(
+    data_cfg, out_file: str | Path, raw_dir: str | Path | None = None, progress: bool = True
+) -> dict:
+    """Build the dataset tensor for `data_cfg.source` and write it with its manifest.
+
+    Returns the manifest. A corrupt image raises `DataError` naming the file, unless
+    `data_cfg.skip_corrupt`, in which case it is skipped and listed in the manifest.
+    """
+    out_file = Path(out_file)
+    size = data_cfg.image_size
+    base = {"source": data_cfg.source, "image_size": size}
+    if data_cfg.source == "synthetic":
+        images = synthetic_dataset(
+            data_cfg.synthetic_count, size, data_cfg.synthetic_seed, progress
+        )
+        manifest = {
+            **base,
+            "splits": {"all": len(images)},
+            "skipped": [],
+            "preprocessing": {"generator": "synthetic_flower", "seed": data_cfg.synthetic_seed},
+            "source_checksums": {},
+        }
+        return _save_dataset(images, out_file, manifest)
+
+    if data_cfg.source == "flowers102":
+        if raw_dir is None:
+            raise DataError("preprocess of flowers102 needs --raw DIR (the download folder)")
+        items = flowers_image_list(raw_dir, data_cfg.splits)
+        checksums = {name: file_digest(Path(raw_dir) / name, "md5") for name in data_cfg.md5}
+    else:
+        items = folder_image_list(data_cfg.folder)
+        checksums = {}
+
+    images = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    kept_splits: list[str] = []
+    skipped = []
+    split_of = {str(p): s for p, s in items}
+    for path, pixels, error in _decode_all([p for p, _ in items], size, data_cfg.workers, progress):
+        if error is not None:
+            if not data_cfg.skip_corrupt:
+                raise DataError(
+                    f"cannot read image {path}: {error}. Replace the file, or set "
+                    "data.skip_corrupt: true to skip unreadable images"
+                )
+            skipped.append({"file": path, "error": error})
+            continue
+        images[len(kept_splits)] = np.frombuffer(pixels, np.uint8).reshape(size, size, 3)
+        kept_splits.append(split_of[path])
+    if not kept_splits:
+        raise DataError("no readable images; nothing to preprocess")
+    images = images[: len(kept_splits)].transpose(0, 3, 1, 2)  # (N, 3, S, S)
+    counts = {s: kept_splits.count(s) for s in dict.fromkeys(kept_splits)}
+    manifest = {
+        **base,
+        "splits": counts,
+        "skipped": skipped,
+        "preprocessing": {
+            "resize": "shorter side to image_size, bicubic, antialiased",
+            "crop": "centre",
+            "jpeg_draft": True,
+        },
+        "source_checksums": checksums,
+    }
+    return _save_dataset(images, out_file, manifest)
+
+
+def read_manifest(tensor_path: str | Path) -> dict:
+    path = manifest_path(tensor_path)
+    if not path.exists():
+        raise DataError(f"{path} is missing: {tensor_path} is incomplete; run preprocess again")
+    return json.loads(path.read_text())
+
+
+def load_dataset(path: str | Path, device="cpu", verify: bool = True):
+    """The uint8 dataset [N x 3 x S x S] as a torch tensor on `device`, checked against its
+    manifest's sha256. Returns (images, manifest)."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset file {path} does not exist; run `python -m ddpm preprocess`")
+    manifest = read_manifest(path)
+    data = path.read_bytes()
+    if verify and hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        raise DataError(
+            f"{path} does not match the sha256 in {manifest_path(path)}: the file was changed or "
+            "truncated after preprocessing; run `python -m ddpm preprocess` again"
+        )
+    images = np.load(io.BytesIO(data))
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(
+            f"{path}: expected uint8 [N x 3 x S x S], got {images.dtype} {images.shape}"
+        )
+    return torch.from_numpy(images).to(device), manifest

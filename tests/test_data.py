@@ -1,0 +1,165 @@
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from ddpm.config import config_from_dict
+from ddpm.data import (
+    DataError,
+    download,
+    load_dataset,
+    manifest_path,
+    preprocess,
+    safe_extract,
+    synthetic_dataset,
+)
+
+
+def data_cfg(**data):
+    return config_from_dict({"data": data, "model": {"preset": "tiny"}}).data
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_offline_flowers_download_and_preprocess_through_the_cli(fake_flowers, tmp_path):
+    server, md5s = fake_flowers
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"data": {"base_url": server.url, "md5": md5s, "image_size": 16, "workers": 2}}
+        )
+    )
+    raw, out = tmp_path / "raw", tmp_path / "flowers16.npy"
+    r = run_cli("download", "--config", str(config), "--out", str(raw))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == [
+        "102flowers.tgz",
+        "imagelabels.mat",
+        "jpg",
+        "setid.mat",
+    ]
+    assert len(list((raw / "jpg").glob("*.jpg"))) == 12
+
+    # a second download verifies and keeps what is there
+    before = (raw / "102flowers.tgz").stat().st_mtime_ns
+    server.drops["102flowers.tgz"] = 100  # any request for it would now fail
+    assert run_cli("download", "--config", str(config), "--out", str(raw)).returncode == 0
+    assert (raw / "102flowers.tgz").stat().st_mtime_ns == before
+
+    r = run_cli("preprocess", "--config", str(config), "--raw", str(raw), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    images, manifest = load_dataset(out)
+    assert images.dtype.is_floating_point is False and str(images.dtype) == "torch.uint8"
+    assert tuple(images.shape) == (12, 3, 16, 16)
+    assert manifest["splits"] == {"train": 6, "val": 3, "test": 3}
+    assert manifest["count"] == 12 and manifest["source_checksums"] == md5s
+    gray = images[0].int()
+    assert (gray[0] - gray[1]).abs().max() <= 2 and (gray[1] - gray[2]).abs().max() <= 2
+    # 120 x 40 image: red | green | blue thirds; a centre crop keeps the green third only
+    wide = images[1].float().mean(dim=(1, 2))
+    assert wide[1] > 200 and wide[0] < 40 and wide[2] < 40, wide
+
+
+def test_checksum_mismatch_fails_and_leaves_nothing(fake_flowers, tmp_path):
+    server, md5s = fake_flowers
+    wrong = dict(md5s, **{"setid.mat": "0" * 32})
+    with pytest.raises(DataError) as e:
+        download(data_cfg(base_url=server.url, md5=wrong), tmp_path / "raw", progress=False)
+    msg = str(e.value)
+    assert "setid.mat" in msg and "0" * 32 in msg and md5s["setid.mat"] in msg
+    assert not [p for p in (tmp_path / "raw").iterdir() if "setid" in p.name]
+
+
+def test_dropped_connection_leaves_nothing_complete_and_a_rerun_succeeds(fake_flowers, tmp_path):
+    server, md5s = fake_flowers
+    cfg = data_cfg(base_url=server.url, md5=md5s)
+    server.drops["102flowers.tgz"] = 3
+    with pytest.raises(DataError, match="102flowers.tgz"):
+        download(cfg, tmp_path / "raw", retries=1, backoff_s=0.0, progress=False)
+    names = [p.name for p in (tmp_path / "raw").iterdir()]
+    assert "102flowers.tgz" not in names and not [n for n in names if n.endswith(".part")]
+    assert "jpg" not in names
+    # one more dropped request, then the retry gets through
+    download(cfg, tmp_path / "raw", retries=2, backoff_s=0.0, progress=False)
+    assert len(list((tmp_path / "raw/jpg").glob("*.jpg"))) == 12
+
+
+def test_path_traversal_archive_is_rejected(tmp_path):
+    archive = tmp_path / "evil.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("jpg/ok.txt", "../evil.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match=r"\.\./evil\.txt"):
+        safe_extract(archive, out)
+    assert not (tmp_path / "evil.txt").exists() and not (out / "jpg").exists()
+
+
+def write_images(folder, n=5):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+
+
+def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
+    folder = tmp_path / "imgs"
+    write_images(folder / "sub")
+    good = (folder / "sub/0.jpg").read_bytes()
+    (folder / "sub/bad.jpg").write_bytes(good[: len(good) // 3])  # truncated
+    with pytest.raises(DataError, match="bad.jpg"):
+        preprocess(
+            data_cfg(source="folder", folder=str(folder), image_size=8),
+            tmp_path / "d.npy",
+            progress=False,
+        )
+    assert not (tmp_path / "d.npy").exists()
+    manifest = preprocess(
+        data_cfg(source="folder", folder=str(folder), image_size=8, skip_corrupt=True),
+        tmp_path / "d.npy",
+        progress=False,
+    )
+    assert manifest["count"] == 5 and len(manifest["skipped"]) == 1
+    assert manifest["skipped"][0]["file"].endswith("bad.jpg")
+
+
+def test_synthetic_is_deterministic_per_seed():
+    a, b = synthetic_dataset(8, 24, seed=3), synthetic_dataset(8, 24, seed=3)
+    assert a.shape == (8, 3, 24, 24) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(synthetic_dataset(4, 24, seed=3), a[:4])  # prefix-stable
+    c = synthetic_dataset(8, 24, seed=4)
+    assert np.abs(a.astype(int) - c).mean() > 10
+    assert a.min() < 60 and a.max() > 180  # uses the range, not a flat grey
+    assert np.abs(a[0].astype(int) - a[1]).mean() > 10  # images differ from each other
+
+
+def test_loader_detects_a_changed_file(tmp_path):
+    out = tmp_path / "syn.npy"
+    manifest = preprocess(
+        data_cfg(source="synthetic", synthetic_count=6, image_size=16), out, progress=False
+    )
+    images, loaded = load_dataset(out)
+    assert loaded == manifest and tuple(images.shape) == (6, 3, 16, 16)
+    assert json.loads(manifest_path(out).read_text())["sha256"] == manifest["sha256"]
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0xFF
+    out.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="changed or truncated"):
+        load_dataset(out)
+    out.write_bytes(bytes(data[:-10]))
+    with pytest.raises(DataError, match="changed or truncated"):
+        load_dataset(out)
