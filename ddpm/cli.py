@@ -86,12 +86,36 @@ def cmd_preprocess(args) -> None:
     print(f"wrote {manifest['count']} images {manifest['shape']} to {args.out}{skipped}")
 
 
+def cmd_train(args) -> None:
+    from ddpm.train import train
+
+    run = _run_config(args)
+    summary = train(run.config, run.id, args.data, args.out)
+    print(
+        f"{run.id}: {summary['steps']} steps, {summary['images_per_s'] or 0:.0f} images/s, "
+        f"final loss {summary['final_loss']:.4f}; wrote {args.out}"
+    )
+
+
+def cmd_sample(args) -> None:
+    from ddpm.sampling import generate
+
+    run = _run_config(args)
+    summary = generate(run.config, run.id, args.ckpt, args.out)
+    print(
+        f"{run.id}: {summary['num_images']} images at {summary['images_per_s']:.1f} images/s "
+        f"({summary['nfe_per_image']} network evaluations each); wrote {args.out}"
+    )
+
+
 COMMANDS = {
     "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
     "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
     "runs": (cmd_runs, "list the run ids of the config's grid"),
     "download": (cmd_download, "fetch and verify the Flowers-102 files"),
     "preprocess": (cmd_preprocess, "build the uint8 dataset tensor and its manifest"),
+    "train": (cmd_train, "train one run of the grid (resumes from its checkpoint)"),
+    "sample": (cmd_sample, "sample images from a trained run's EMA weights"),
 }
 
 
@@ -115,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", help="print this run's resolved config")
         if name == "download":
             p.add_argument("--out", required=True, help="folder for the downloaded files")
+        if name in ("train", "sample"):
+            p.add_argument("--run", required=True, help="run id (see `python -m ddpm runs`)")
+            p.add_argument("--out", required=True, help="run folder to write")
+        if name == "train":
+            p.add_argument("--data", required=True, help="preprocessed dataset (.npy)")
+        if name == "sample":
+            p.add_argument("--ckpt", required=True, help="final.pt of the run")
         if name == "preprocess":
             p.add_argument("--raw", help="download folder (data.source: flowers102)")
             p.add_argument("--out", required=True, help="dataset file to write (.npy)")
@@ -127,5 +158,5 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command][0](args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     return 0

@@ -151,7 +151,7 @@ class SampleConfig:
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     precision: Precision = setting("bf16", "autocast precision on CUDA")
     trajectory_images: int = setting(6, "samples shown in trajectory.png", ge=1)
-    trajectory_points: int = setting(8, "timesteps shown per trajectory", ge=2)
+    trajectory_points: int = setting(8, "columns of trajectory.png, from x_T to the sample", ge=2)
 
 
 @dataclass(frozen=True)

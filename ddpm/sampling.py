@@ -151,3 +151,112 @@ def ddim_sample(
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> uint8 [0, 255], clamped and rounded (never wrapped)."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# -- the sample stage ----------------------------------------------------------------------------
+
+
+def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dict:
+    """The `sample` stage: EMA weights from `final.pt` -> samples.npz, grid.png, trajectory.png
+    and sample_summary.json in `out_dir`. Returns the summary."""
+    import io
+    import time
+    from pathlib import Path
+
+    from ddpm.config import to_dict
+    from ddpm.data import atomic_write_bytes, atomic_write_json
+    from ddpm.devices import autocast, select_device
+    from ddpm.diffusion import build_diffusion
+    from ddpm.images import save_grid
+    from ddpm.train import check_resumable, load_checkpoint
+    from ddpm.unet import build_unet
+
+    out_dir = Path(out_dir)
+    sc = cfg.sample
+    state = load_checkpoint(ckpt_path)
+    check_resumable(state["config"], to_dict(cfg), Path(ckpt_path))
+    device = select_device(sc.device)
+    size = cfg.data.image_size
+    model = build_unet(cfg.model, size)
+    model.load_state_dict(state["ema"])
+    model = model.to(device).eval().requires_grad_(False)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    diffusion = build_diffusion(cfg.diffusion).to(device)
+    shape = (3, size, size)
+    T = diffusion.T
+    steps = sc.steps or T
+    # Trajectory: evenly spaced timesteps of the chain that this sampler visits.
+    visited = list(range(T - 1, -1, -1)) if sc.method == "ddpm" else ddim_timesteps(T, steps)
+    picks = np.unique(np.linspace(0, len(visited) - 1, sc.trajectory_points - 1).round())
+    record = [visited[int(i)] for i in picks]
+
+    def run(indices, record=()):
+        with autocast(device, sc.precision), torch.inference_mode():
+            if sc.method == "ddpm":
+                return ddpm_sample(
+                    model,
+                    diffusion,
+                    sc.seed,
+                    indices,
+                    shape,
+                    device=device,
+                    variance=sc.variance,
+                    clip_denoised=sc.clip_denoised,
+                    record=record,
+                )
+            return ddim_sample(
+                model,
+                diffusion,
+                sc.seed,
+                indices,
+                shape,
+                steps=steps,
+                eta=sc.eta,
+                device=device,
+                clip_denoised=sc.clip_denoised,
+                record=record,
+            )
+
+    from tqdm.auto import tqdm
+
+    images = torch.empty((sc.num_images, *shape), dtype=torch.uint8)
+    start = time.perf_counter()
+    nfe = 0
+    with tqdm(
+        total=sc.num_images, unit="img", desc=f"sample {run_id}", disable=not progress
+    ) as bar:
+        for lo in range(0, sc.num_images, sc.batch_size):
+            hi = min(lo + sc.batch_size, sc.num_images)
+            result = run(range(lo, hi))
+            images[lo:hi] = to_uint8(result.images).cpu()
+            nfe = result.nfe
+            bar.update(hi - lo)
+    elapsed = time.perf_counter() - start
+    traj = run(range(min(sc.trajectory_images, sc.num_images)), record=record).trajectory
+    # trajectory.png: one row per sample, columns from pure noise (left) to the sample (right).
+    strip = torch.stack([to_uint8(x) for _, x in traj], dim=1)  # (n, points, 3, S, S)
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images.numpy(), seed=sc.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
+    save_grid(images[: cfg.report.grid_images], out_dir / "grid.png")
+    save_grid(strip.flatten(0, 1), out_dir / "trajectory.png", nrow=strip.shape[1])
+    summary = {
+        "run_id": run_id,
+        "method": sc.method,
+        "steps": nfe,
+        "nfe_per_image": nfe,
+        "eta": sc.eta if sc.method == "ddim" else None,
+        "variance": sc.variance if sc.method == "ddpm" else None,
+        "num_images": sc.num_images,
+        "seed": sc.seed,
+        "elapsed_s": elapsed,
+        "images_per_s": sc.num_images / elapsed,
+        "device": str(device),
+        "trajectory_t": [t for t, _ in traj],
+        "train_step": state["step"],
+    }
+    atomic_write_json(out_dir / "sample_summary.json", summary)
+    return summary

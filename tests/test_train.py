@@ -1,0 +1,213 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ddpm.config import get_run, load_config
+from ddpm.data import preprocess
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.sampling import generate
+from ddpm.train import TrainingError, load_checkpoint, read_log, train
+
+RUN = "T~50"
+
+
+def write_config(path, **train_overrides):
+    raw = {
+        "grid": {"T": [50]},
+        "data": {"source": "synthetic", "synthetic_count": 128, "image_size": 16},
+        "model": {"preset": "tiny"},
+        "train": {
+            "device": "cpu",
+            "batch_size": 8,
+            "steps": 40,
+            "warmup_steps": 5,
+            "lr": 1.0e-3,
+            "checkpoint_every": 5,
+            "log_every": 5,
+            "preview_every": 0,
+            "ema_decay": 0.99,
+            **train_overrides,
+        },
+        "sample": {
+            "method": "ddim",
+            "steps": 10,
+            "num_images": 12,
+            "batch_size": 5,
+            "device": "cpu",
+            "trajectory_images": 2,
+            "trajectory_points": 4,
+        },
+        "report": {"grid_images": 9},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = write_config(tmp_path / "c.yaml")
+    data = tmp_path / "data.npy"
+    preprocess(load_config(config).data, data, progress=False)
+    return config, data
+
+
+def cli(*args):
+    return [sys.executable, "-m", "ddpm", *map(str, args)]
+
+
+def train_cmd(config, data, out):
+    return cli("train", "--config", config, "--run", RUN, "--data", data, "--out", out)
+
+
+def ema_weights(run_dir):
+    return load_checkpoint(run_dir / "final.pt")["ema"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_tiny_run_completes_and_learns(setup, tmp_path):
+    config, data = setup
+    cfg = get_run(load_config(config, {"train.steps": 60, "train.preview_every": 30}), RUN).config
+    summary = train(cfg, RUN, data, tmp_path / "run", progress=False)
+    log = read_log(tmp_path / "run/train_log.csv")
+    assert [r["step"] for r in log] == list(range(5, 61, 5))
+    assert log[-1]["loss"] < 0.6 * log[0]["loss"]
+    assert summary["steps"] == 60 and summary["images_seen"] == 480
+    assert summary["parameters"] > 0 and summary["images_per_s"] > 0
+    assert (tmp_path / "run/previews/step_0000060.png").exists()
+    state = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    assert state["step"] == 60 and state["config"]["diffusion"]["T"] == 50
+
+
+def wait_for(path, proc, timeout=120):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - start < timeout
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
+    config, data = setup
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    assert subprocess.run(train_cmd(config, data, full), capture_output=True).returncode == 0
+
+    proc = subprocess.Popen(
+        train_cmd(config, data, crashed), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_for(crashed / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(crashed / "checkpoint.pt")["step"]
+    assert 0 < killed_at < 40 and not (crashed / "final.pt").exists()
+
+    r = subprocess.run(train_cmd(config, data, crashed), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {RUN} from step {killed_at}" in r.stdout
+    assert_same_weights(ema_weights(full), ema_weights(crashed))
+    assert_same_weights(
+        load_checkpoint(full / "checkpoint.pt")["model"],
+        load_checkpoint(crashed / "checkpoint.pt")["model"],
+    )
+    steps = [r["step"] for r in read_log(crashed / "train_log.csv")]
+    assert steps == list(range(5, 41, 5)), "the log has each step once after a resume"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
+    config, data = setup
+    config = write_config(config, checkpoint_every=1000, steps=400)  # only SIGTERM checkpoints
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(config, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(out / "train_log.csv", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM" in err and "Run the same command again to resume" in err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert 0 < step < 400
+    write_config(config, checkpoint_every=1000, steps=step + 5)  # more steps may be asked for
+    r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"from step {step}" in r.stdout
+    assert load_checkpoint(out / "final.pt")["step"] == step + 5
+
+
+def test_damaged_checkpoint_and_changed_config_give_clear_errors(setup, tmp_path):
+    config, data = setup
+    out = tmp_path / "run"
+    cfg = get_run(load_config(config, {"train.steps": 5}), RUN).config
+    train(cfg, RUN, data, out, progress=False)
+    good = (out / "checkpoint.pt").read_bytes()
+
+    changed = get_run(
+        load_config(
+            config, {"train.steps": 10, "train.lr": 5.0e-4, "diffusion.schedule": "cosine"}
+        ),
+        RUN,
+    ).config
+    with pytest.raises(TrainingError, match="diffusion.schedule, train.lr changed"):
+        train(changed, RUN, data, out, progress=False)
+
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "truncated or corrupted" in r.stderr and "Traceback" not in r.stderr
+    assert "delete it" in r.stderr
+
+
+def test_nan_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
+    config, data = setup
+    original = GaussianDiffusion.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 13:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", poisoned)
+    cfg = get_run(load_config(config), RUN).config
+    with pytest.raises(TrainingError, match="at step 13"):
+        train(cfg, RUN, data, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 10  # last good one kept
+
+
+def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, tmp_path):
+    config, data = setup
+    cfg = get_run(load_config(config, {"train.steps": 5}), RUN).config
+    train(cfg, RUN, data, tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run/final.pt"
+    a = generate(cfg, RUN, ckpt, tmp_path / "a", progress=False)
+    generate(cfg, RUN, ckpt, tmp_path / "b", progress=False)
+    samples = np.load(tmp_path / "a/samples.npz")["images"]
+    assert samples.dtype == np.uint8 and samples.shape == (12, 3, 16, 16)
+    np.testing.assert_array_equal(samples, np.load(tmp_path / "b/samples.npz")["images"])
+    assert a["nfe_per_image"] == 10
+    assert a["trajectory_t"] == [49, 27, 0, -1]  # 4 columns: x_T .. x_0, then the sample
+    ddpm_cfg = get_run(
+        load_config(config, {"train.steps": 5, "sample.method": "ddpm", "sample.steps": None}), RUN
+    ).config
+    b = generate(ddpm_cfg, RUN, ckpt, tmp_path / "c", progress=False)
+    assert b["nfe_per_image"] == 50 > a["nfe_per_image"]
+    for name in ("grid.png", "trajectory.png", "sample_summary.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "a/sample_summary.json").read_text())["num_images"] == 12
