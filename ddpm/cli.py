@@ -108,6 +108,45 @@ def cmd_sample(args) -> None:
     )
 
 
+def cmd_fetch_weights(args) -> None:
+    from ddpm.metrics import fetch_weights
+
+    ec = _config(args).evaluate
+    info = fetch_weights(ec.weights_url, args.out, ec.weights_sha256_prefix)
+    print(f"{args.out}: sha256 {info['sha256']}")
+
+
+def cmd_make_test_inception(args) -> None:
+    from ddpm.metrics import make_test_inception
+
+    info = make_test_inception(args.out, seed=args.seed)
+    print(
+        f"{args.out}: random-weight InceptionV3 (seed {args.seed}), sha256 {info['sha256']}; "
+        "FIDs computed with it are not comparable with published numbers"
+    )
+
+
+def cmd_reference_stats(args) -> None:
+    from ddpm.metrics import reference_stats
+
+    meta = reference_stats(_config(args).evaluate, args.data, args.weights, args.out)
+    print(
+        f"{args.out}: {meta['n_real']} real images; real-vs-real floor FID "
+        f"{meta['floor']['fid']:.3f}, KID {meta['floor']['kid_mean']:.5f}"
+    )
+
+
+def cmd_evaluate(args) -> None:
+    from ddpm.metrics import evaluate
+
+    m = evaluate(_config(args).evaluate, args.samples, args.reference, args.weights, args.out)
+    print(
+        f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}, "
+        f"IS {m['is_mean']:.3f} +- {m['is_std']:.3f}, KID {m['kid_mean']:.5f} +- "
+        f"{m['kid_std']:.5f} (N = {m['n_generated']}); wrote {args.out}"
+    )
+
+
 COMMANDS = {
     "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
     "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
@@ -116,6 +155,13 @@ COMMANDS = {
     "preprocess": (cmd_preprocess, "build the uint8 dataset tensor and its manifest"),
     "train": (cmd_train, "train one run of the grid (resumes from its checkpoint)"),
     "sample": (cmd_sample, "sample images from a trained run's EMA weights"),
+    "fetch-weights": (cmd_fetch_weights, "download and verify the FID Inception weights"),
+    "make-test-inception": (
+        cmd_make_test_inception,
+        "build seeded random Inception weights (offline tests and demos)",
+    ),
+    "reference-stats": (cmd_reference_stats, "real-image features of a dataset, computed once"),
+    "evaluate": (cmd_evaluate, "FID, IS and KID of a run's samples"),
 }
 
 
@@ -126,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == "schema":
             p.add_argument("--out", help="file to write (default: stdout)")
+            continue
+        if name == "make-test-inception":
+            p.add_argument("--out", required=True, help="weights file to write")
+            p.add_argument("--seed", type=int, default=0)
             continue
         p.add_argument("--config", required=True, help="YAML config file")
         p.add_argument(
@@ -146,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data", required=True, help="preprocessed dataset (.npy)")
         if name == "sample":
             p.add_argument("--ckpt", required=True, help="final.pt of the run")
+        if name in ("fetch-weights", "reference-stats", "evaluate"):
+            p.add_argument("--out", required=True, help="file to write")
+        if name in ("reference-stats", "evaluate"):
+            p.add_argument("--weights", required=True, help="Inception weights file")
+        if name == "reference-stats":
+            p.add_argument("--data", required=True, help="preprocessed dataset (.npy)")
+        if name == "evaluate":
+            p.add_argument("--samples", required=True, help="samples.npz of a run")
+            p.add_argument("--reference", required=True, help="reference statistics file")
         if name == "preprocess":
             p.add_argument("--raw", help="download folder (data.source: flowers102)")
             p.add_argument("--out", required=True, help="dataset file to write (.npy)")

@@ -1,0 +1,175 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm import metrics
+from ddpm.config import config_from_dict
+from ddpm.data import preprocess, synthetic_dataset
+from ddpm.metrics import (
+    MetricsError,
+    evaluate,
+    extract_features,
+    fid,
+    load_inception,
+    load_samples,
+    make_test_inception,
+    reference_stats,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "inception-test.pth"
+    make_test_inception(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def net(weights):
+    return load_inception(weights, CPU)
+
+
+def eval_cfg(**kw):
+    return config_from_dict(
+        {
+            "evaluate": {
+                "device": "cpu",
+                "batch_size": 16,
+                "kid_subset_size": 8,
+                "kid_subsets": 5,
+                "is_splits": 2,
+                **kw,
+            }
+        }
+    ).evaluate
+
+
+def flowers(n, seed):
+    return torch.from_numpy(synthetic_dataset(n, 32, seed))
+
+
+def test_test_weights_give_varying_features_and_sensible_distances(net):
+    a = extract_features(net, flowers(16, 0), 16, CPU, progress=False)["pool"]
+    b = extract_features(net, flowers(16, 1), 16, CPU, progress=False)["pool"]
+    stripes = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    stripes[:, :, ::2] = 255
+    c = extract_features(net, stripes, 16, CPU, progress=False)["pool"]
+    assert a.shape == (16, 2048)
+    assert (a.std(0) / a.abs().mean()).mean() > 0.1, "features must vary across images"
+    same, other, far = fid(a, a), fid(a, b), fid(a, c)
+    assert abs(same) < 1e-3 * other
+    assert other < far
+
+
+def test_out_of_range_samples_are_clamped_not_wrapped(tmp_path):
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    x[0] = 1.5  # above range: must become 255, not wrap to a small value
+    x[1] = -2.0
+    path = tmp_path / "s.npz"
+    np.savez(path, images=x)
+    images = load_samples(path)
+    assert images.dtype == torch.uint8
+    assert images[0].min().item() == 255 and images[1].max().item() == 0
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "data.npy"
+    cfg = config_from_dict(
+        {
+            "data": {"source": "synthetic", "synthetic_count": 20, "image_size": 32},
+            "model": {"preset": "tiny"},
+        }
+    ).data
+    preprocess(cfg, path, progress=False)
+    return path
+
+
+def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monkeypatch):
+    seen = []
+    real_extract = metrics.extract_features
+
+    def counting(net, images, *args, **kwargs):
+        seen.append(len(images))
+        return real_extract(net, images, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "extract_features", counting)
+    cfg = eval_cfg()
+    ref = tmp_path / "ref.pt"
+    meta = reference_stats(cfg, dataset, weights, ref, progress=False)
+    assert seen == [20] and meta["n_real"] == 20 and meta["floor"]["n_per_half"] == 10
+    reference_stats(cfg, dataset, weights, ref, progress=False)
+    assert seen == [20], "an up-to-date reference is not recomputed"
+
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=flowers(12, 5).numpy())
+    for i in range(2):
+        m = evaluate(cfg, samples, ref, weights, tmp_path / f"m{i}.json", progress=False)
+    assert seen == [20, 12, 12], "evaluation extracts features of the samples only"
+    assert m["n_generated"] == 12 and m["n_real"] == 20 and m["fid_reliable"] is False
+    assert "2048" in m["fid_note"] and m["test_weights"] is True
+    assert m["kid_subset_size"] == 8 and np.isfinite(m["is_mean"]) and m["is_mean"] >= 1.0
+    assert m["floor"] == meta["floor"] and m["resize"].startswith("bilinear like TF1")
+
+
+def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
+    cfg = eval_cfg()
+    with pytest.raises(MetricsError, match="fetch-weights"):
+        reference_stats(cfg, dataset, tmp_path / "nope.pth", tmp_path / "r.pt")
+    unmarked = tmp_path / "unmarked.pth"
+    unmarked.write_bytes(weights.read_bytes())  # same bytes, but no test-weights sidecar
+    with pytest.raises(MetricsError, match="expected it to start with 6726825d"):
+        reference_stats(cfg, dataset, unmarked, tmp_path / "r.pt")
+    wrong = tmp_path / "wrong.pth"
+    buf = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), buf)
+    wrong.write_bytes(buf.getvalue())
+    (tmp_path / "wrong.pth.json").write_text('{"kind": "random-test"}')
+    with pytest.raises(MetricsError, match="InceptionV3 weights"):
+        load_inception(wrong, CPU)
+    with pytest.raises(MetricsError, match="reference-stats"):
+        evaluate(cfg, tmp_path / "s.npz", tmp_path / "missing.pt", weights, tmp_path / "m.json")
+    ref = tmp_path / "ref.pt"
+    reference_stats(cfg, dataset, weights, ref, progress=False)
+    with pytest.raises(MetricsError, match="python -m ddpm sample"):
+        evaluate(cfg, tmp_path / "missing.npz", ref, weights, tmp_path / "m.json")
+
+
+@pytest.mark.slow
+def test_fid_and_is_agree_with_torch_fidelity(net, weights):
+    import torch_fidelity
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    a, b = flowers(64, 0), flowers(64, 1)
+    fa = extract_features(net, a, 32, CPU, progress=False)
+    fb = extract_features(net, b, 32, CPU, progress=False)
+    ours_fid = fid(fa["pool"], fb["pool"])
+    ours_is, _ = metrics.inception_score(fb["logits"], splits=1, seed=0)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=Images(b),
+        input2=Images(a),
+        fid=True,
+        isc=True,
+        isc_splits=1,
+        cuda=False,
+        feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(weights),
+        batch_size=32,
+        verbose=False,
+        save_cpu_ram=True,
+    )
+    assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
+    assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
