@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ddpm config --config config/demo.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/demo.yaml
+	@echo "Done: the comparison of the demo runs is in results/demo/summary.csv"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -121,7 +121,9 @@ def main() -> None:
         for mode, compiled in modes:
             net = torch.compile(model) if compiled else model
             step = step_fn(net, call, args.batch, args.size, device, device.type == "cuda")
-            timing = repeat(lambda: [step() for _ in range(args.steps)], args.repeats, sync=sync)
+            timing = repeat(
+                lambda step=step: [step() for _ in range(args.steps)], args.repeats, sync=sync
+            )
             r = rate(timing, args.batch * args.steps)
             achieved = r["per_s"] * fpi
             results[f"{name} [{mode}]"] = {

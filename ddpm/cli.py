@@ -147,6 +147,16 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def cmd_summary(args) -> None:
+    from ddpm.report import write_summary
+
+    rows = write_summary(_config(args), args.runs, args.out)
+    for r in rows:
+        fid = f"FID {r['fid']:.3f}" if r.get("fid") is not None else "no metrics"
+        print(f"{r['run_id']:40s} {r['status']:10s} {fid}")
+    print(f"wrote {args.out}")
+
+
 COMMANDS = {
     "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
     "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
@@ -162,6 +172,7 @@ COMMANDS = {
     ),
     "reference-stats": (cmd_reference_stats, "real-image features of a dataset, computed once"),
     "evaluate": (cmd_evaluate, "FID, IS and KID of a run's samples"),
+    "summary": (cmd_summary, "one CSV table comparing every run of the grid"),
 }
 
 
@@ -205,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--samples", required=True, help="samples.npz of a run")
             p.add_argument("--reference", required=True, help="reference statistics file")
+        if name == "summary":
+            p.add_argument("--runs", required=True, help="folder holding one folder per run")
+            p.add_argument("--out", required=True, help="CSV file to write")
         if name == "preprocess":
             p.add_argument("--raw", help="download folder (data.source: flowers102)")
             p.add_argument("--out", required=True, help="dataset file to write (.npy)")
