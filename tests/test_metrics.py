@@ -173,3 +173,27 @@ def test_fid_and_is_agree_with_torch_fidelity(net, weights):
     )
     assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
+
+
+def test_fetch_weights_verifies_the_checksum(tmp_path):
+    import hashlib
+
+    from conftest import FileServer
+
+    from ddpm.metrics import fetch_weights
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = b"pretend these are inception weights"
+    (served / "w.pth").write_bytes(payload)
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    server = FileServer(served)
+    try:
+        with pytest.raises(MetricsError, match="does not start with 00000000"):
+            fetch_weights(f"{server.url}/w.pth", tmp_path / "bad.pth", "00000000")
+        assert not (tmp_path / "bad.pth").exists()
+        info = fetch_weights(f"{server.url}/w.pth", tmp_path / "w.pth", prefix)
+        assert info["sha256"].startswith(prefix) and not info["test_weights"]
+        assert (tmp_path / "w.pth").read_bytes() == payload
+    finally:
+        server.close()
