@@ -29,6 +29,8 @@ COLUMNS = [
     "train_time_s",
     "train_images_per_s",
     "final_loss",
+]
+METRIC_KEYS = [
     "fid",
     "fid_reliable",
     "is_mean",
@@ -38,6 +40,7 @@ COLUMNS = [
     "n_generated",
     "test_weights",
 ]
+COLUMNS += METRIC_KEYS
 
 
 def _read(path: Path) -> dict | None:
@@ -82,21 +85,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
         if sample:
             row["nfe_per_image"] = sample["nfe_per_image"]
         if metrics:
-            row.update(
-                {
-                    k: metrics[k]
-                    for k in (
-                        "fid",
-                        "fid_reliable",
-                        "is_mean",
-                        "is_std",
-                        "kid_mean",
-                        "kid_std",
-                        "n_generated",
-                        "test_weights",
-                    )
-                }
-            )
+            row.update({k: metrics[k] for k in METRIC_KEYS})
         rows.append(row)
     return rows
 
