@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -119,9 +121,10 @@ def cmd_fetch_weights(args) -> None:
 def cmd_make_test_inception(args) -> None:
     from ddpm.metrics import make_test_inception
 
-    info = make_test_inception(args.out, seed=args.seed)
+    seed = args.seed or 0
+    info = make_test_inception(args.out, seed=seed)
     print(
-        f"{args.out}: random-weight InceptionV3 (seed {args.seed}), sha256 {info['sha256']}; "
+        f"{args.out}: random-weight InceptionV3 (seed {seed}), sha256 {info['sha256']}; "
         "FIDs computed with it are not comparable with published numbers"
     )
 
@@ -157,78 +160,113 @@ def cmd_summary(args) -> None:
     print(f"wrote {args.out}")
 
 
+@dataclass(frozen=True)
+class Command:
+    run: Callable
+    help: str
+    required: tuple[tuple[str, str], ...] = ()  # (flag, help) of required options
+    optional: tuple[tuple, ...] = ()  # (flag, help) or (flag, help, type)
+    reads_config: bool = True  # takes --config and --set
+
+
+RUN = ("--run", "run id (see `python -m ddpm runs`)")
+DATA = ("--data", "preprocessed dataset (.npy)")
+WEIGHTS = ("--weights", "Inception weights file")
+
 COMMANDS = {
-    "schema": (cmd_schema, "write the config's JSON schema (YAML)"),
-    "config": (cmd_config, "validate a config and print it resolved (--dry-run of every stage)"),
-    "runs": (cmd_runs, "list the run ids of the config's grid"),
-    "download": (cmd_download, "fetch and verify the Flowers-102 files"),
-    "preprocess": (cmd_preprocess, "build the uint8 dataset tensor and its manifest"),
-    "train": (cmd_train, "train one run of the grid (resumes from its checkpoint)"),
-    "sample": (cmd_sample, "sample images from a trained run's EMA weights"),
-    "fetch-weights": (cmd_fetch_weights, "download and verify the FID Inception weights"),
-    "make-test-inception": (
-        cmd_make_test_inception,
-        "build seeded random Inception weights (offline tests and demos)",
+    "schema": Command(
+        cmd_schema,
+        "write the config's JSON schema (YAML)",
+        optional=(("--out", "file to write (default: stdout)"),),
+        reads_config=False,
     ),
-    "reference-stats": (cmd_reference_stats, "real-image features of a dataset, computed once"),
-    "evaluate": (cmd_evaluate, "FID, IS and KID of a run's samples"),
-    "summary": (cmd_summary, "one CSV table comparing every run of the grid"),
+    "config": Command(
+        cmd_config,
+        "validate a config and print it resolved (a dry run)",
+        optional=(("--run", "print this run's resolved config"),),
+    ),
+    "runs": Command(cmd_runs, "list the run ids of the config's grid"),
+    "download": Command(
+        cmd_download,
+        "fetch and verify the Flowers-102 files",
+        (("--out", "folder for the downloaded files"),),
+    ),
+    "preprocess": Command(
+        cmd_preprocess,
+        "build the uint8 dataset tensor and its manifest",
+        (("--out", "dataset file to write (.npy)"),),
+        (("--raw", "download folder (data.source: flowers102)"),),
+    ),
+    "train": Command(
+        cmd_train,
+        "train one run of the grid (resumes from its checkpoint)",
+        (RUN, DATA, ("--out", "run folder to write")),
+    ),
+    "sample": Command(
+        cmd_sample,
+        "sample images from a trained run's EMA weights",
+        (RUN, ("--ckpt", "final.pt of the run"), ("--out", "run folder to write")),
+    ),
+    "fetch-weights": Command(
+        cmd_fetch_weights,
+        "download and verify the FID Inception weights",
+        (("--out", "weights file to write"),),
+    ),
+    "make-test-inception": Command(
+        cmd_make_test_inception,
+        "build seeded random Inception weights (offline tests, demos)",
+        (("--out", "weights file to write"),),
+        (("--seed", "seed of the weights (default 0)", int),),
+        reads_config=False,
+    ),
+    "reference-stats": Command(
+        cmd_reference_stats,
+        "real-image features, computed once",
+        (DATA, WEIGHTS, ("--out", "reference file to write")),
+    ),
+    "evaluate": Command(
+        cmd_evaluate,
+        "FID, IS and KID of a run's samples",
+        (
+            ("--samples", "samples.npz of a run"),
+            ("--reference", "reference statistics file"),
+            WEIGHTS,
+            ("--out", "metrics.json to write"),
+        ),
+    ),
+    "summary": Command(
+        cmd_summary,
+        "one CSV table comparing every run of the grid",
+        (("--runs", "folder holding one folder per run"), ("--out", "CSV file to write")),
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "schema":
-            p.add_argument("--out", help="file to write (default: stdout)")
-            continue
-        if name == "make-test-inception":
-            p.add_argument("--out", required=True, help="weights file to write")
-            p.add_argument("--seed", type=int, default=0)
-            continue
-        p.add_argument("--config", required=True, help="YAML config file")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key (dotted, e.g. train.steps=100); repeatable",
-        )
-        if name == "config":
-            p.add_argument("--run", help="print this run's resolved config")
-        if name == "download":
-            p.add_argument("--out", required=True, help="folder for the downloaded files")
-        if name in ("train", "sample"):
-            p.add_argument("--run", required=True, help="run id (see `python -m ddpm runs`)")
-            p.add_argument("--out", required=True, help="run folder to write")
-        if name == "train":
-            p.add_argument("--data", required=True, help="preprocessed dataset (.npy)")
-        if name == "sample":
-            p.add_argument("--ckpt", required=True, help="final.pt of the run")
-        if name in ("fetch-weights", "reference-stats", "evaluate"):
-            p.add_argument("--out", required=True, help="file to write")
-        if name in ("reference-stats", "evaluate"):
-            p.add_argument("--weights", required=True, help="Inception weights file")
-        if name == "reference-stats":
-            p.add_argument("--data", required=True, help="preprocessed dataset (.npy)")
-        if name == "evaluate":
-            p.add_argument("--samples", required=True, help="samples.npz of a run")
-            p.add_argument("--reference", required=True, help="reference statistics file")
-        if name == "summary":
-            p.add_argument("--runs", required=True, help="folder holding one folder per run")
-            p.add_argument("--out", required=True, help="CSV file to write")
-        if name == "preprocess":
-            p.add_argument("--raw", help="download folder (data.source: flowers102)")
-            p.add_argument("--out", required=True, help="dataset file to write (.npy)")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if command.reads_config:
+            p.add_argument("--config", required=True, help="YAML config file")
+            p.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override a config key (dotted, e.g. train.steps=100); repeatable",
+            )
+        for flag, help_text in command.required:
+            p.add_argument(flag, required=True, help=help_text)
+        for flag, help_text, *kind in command.optional:
+            p.add_argument(flag, help=help_text, type=kind[0] if kind else str)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command][0](args)
+        COMMANDS[args.command].run(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

@@ -489,6 +489,32 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Keys that change neither the trained weights nor the batches they saw: a checkpoint stays valid
+# (and resumable) when only these differ. More steps may be asked of a resumed run.
+NON_TRAINING_KEYS = (
+    "results_dir",
+    "grid",
+    "train.steps",
+    "train.epochs",
+    "train.max_minutes",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.preview_every",
+    "train.device",
+    "train.compile",
+    "data.workers",
+    "data.skip_corrupt",
+    "sample.",
+    "evaluate.",
+    "report.",
+)
+
+
+def training_changes(saved: dict, current: dict) -> list[str]:
+    """Dotted keys of two config dicts that differ in a way that changes what a run trains."""
+    return [k for k in diff_keys(saved, current) if not k.startswith(NON_TRAINING_KEYS)]
+
+
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts."""
     keys = []

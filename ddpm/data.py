@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ddpm import __version__
 from ddpm.errors import PipelineError
+from ddpm.files import atomic_write_bytes, atomic_write_json, file_digest
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
@@ -34,33 +35,6 @@ FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 class DataError(PipelineError):
     pass
-
-
-# -- small file helpers --------------------------------------------------------------------------
-
-
-def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that it appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def manifest_path(tensor_path: str | Path) -> Path:

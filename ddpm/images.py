@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.data import atomic_write_bytes
+from ddpm.files import atomic_write_bytes
 
 
 def grid(images: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:

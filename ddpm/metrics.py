@@ -10,9 +10,11 @@ reference file keyed by the dataset's sha256 and the weights' sha256.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm.data import atomic_write_bytes, atomic_write_json, file_digest, load_dataset
+from ddpm.data import load_dataset, read_manifest
+from ddpm.devices import select_device
 from ddpm.errors import PipelineError
+from ddpm.files import atomic_write_bytes, atomic_write_json, file_digest, load_torch, save_torch
 
 FEATURES = ["2048", "logits_unbiased"]
 EXTRACTOR = "torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat) via torchmetrics"
@@ -69,8 +73,6 @@ def check_weights(path: str | Path, sha256_prefix: str) -> dict:
 
 def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
     """Download the FID Inception weights once, verify the sha256 prefix, write atomically."""
-    import urllib.request
-
     out = Path(out)
     if out.exists() and file_digest(out).startswith(sha256_prefix):
         return weights_info(out)
@@ -79,8 +81,6 @@ def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
             data = r.read()
     except OSError as e:
         raise MetricsError(f"could not download {url}: {e}") from None
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     if not digest.startswith(sha256_prefix):
         raise MetricsError(f"{url}: sha256 {digest[:16]}... does not start with {sha256_prefix}")
@@ -184,12 +184,6 @@ def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float
 # -- stages --------------------------------------------------------------------------------------
 
 
-def _device(pref: str) -> torch.device:
-    from ddpm.devices import select_device
-
-    return select_device(pref)
-
-
 def reference_stats(
     eval_cfg, data_path: str | Path, weights: str | Path, out: str | Path, progress: bool = True
 ) -> dict:
@@ -197,8 +191,6 @@ def reference_stats(
     and weights. Also stores the real-vs-real floor (FID and KID between two random halves)."""
     out = Path(out)
     info = check_weights(weights, eval_cfg.weights_sha256_prefix)
-    from ddpm.data import read_manifest
-
     manifest = read_manifest(data_path)
     if out.exists():
         cached = _load_reference(out)
@@ -213,7 +205,7 @@ def reference_stats(
     if eval_cfg.reference_max_images and len(images) > eval_cfg.reference_max_images:
         g = torch.Generator().manual_seed(eval_cfg.seed)
         images = images[torch.randperm(len(images), generator=g)[: eval_cfg.reference_max_images]]
-    device = _device(eval_cfg.device)
+    device = select_device(eval_cfg.device)
     start = time.perf_counter()
     net = load_inception(weights, device)
     feats = extract_features(net, images, eval_cfg.batch_size, device, "reference", progress)
@@ -237,8 +229,8 @@ def reference_stats(
         "elapsed_s": elapsed,
         "images_per_s": len(images) / elapsed,
     }
-    buf = io.BytesIO()
-    torch.save(
+    save_torch(
+        out,
         {
             "pool": feats["pool"],
             "dataset_sha256": manifest["sha256"],
@@ -246,24 +238,17 @@ def reference_stats(
             "max_images": eval_cfg.reference_max_images,
             "meta": meta,
         },
-        buf,
     )
-    atomic_write_bytes(out, buf.getvalue())
     return meta
 
 
 def _load_reference(path: str | Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MetricsError(
-            f"reference statistics {path} not found; run `python -m ddpm reference-stats` first"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - damaged file
-        raise MetricsError(
-            f"reference statistics {path} are unreadable ({type(e).__name__}); "
-            "delete the file and run `python -m ddpm reference-stats` again"
-        ) from None
+    return load_torch(
+        path,
+        MetricsError,
+        missing="run `python -m ddpm reference-stats` first",
+        damaged="Delete it and run `python -m ddpm reference-stats` again.",
+    )
 
 
 def load_samples(path: str | Path) -> torch.Tensor:
@@ -298,7 +283,7 @@ def evaluate(
             "run `python -m ddpm reference-stats` again with these weights"
         )
     images = load_samples(samples)
-    device = _device(eval_cfg.device)
+    device = select_device(eval_cfg.device)
     start = time.perf_counter()
     net = load_inception(weights, device)
     feats = extract_features(net, images, eval_cfg.batch_size, device, "evaluate", progress)
@@ -352,8 +337,6 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     smooth random images gives features that vary across images, so FID / KID / IS respond to
     the images. A sidecar `OUT.json` marks the file as test weights.
     """
-    import tempfile
-
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _Blank(FeatureExtractorInceptionV3):
@@ -381,10 +364,8 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     with torch.no_grad():
         net(images.to(torch.uint8))
     net.eval()
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
     out = Path(out)
-    atomic_write_bytes(out, buf.getvalue())
+    save_torch(out, net.state_dict())
     atomic_write_json(
         out.with_name(out.name + ".json"),
         {

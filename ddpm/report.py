@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from ddpm.config import Config, expand_grid
-from ddpm.data import atomic_write_bytes
 from ddpm.diffusion import build_diffusion
+from ddpm.files import atomic_write_bytes
 from ddpm.schedules import terminal_stats
 
 COLUMNS = [

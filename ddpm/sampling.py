@@ -7,14 +7,23 @@ the device's arithmetic).
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
+from ddpm.config import to_dict, training_changes
+from ddpm.devices import autocast, select_device
+from ddpm.diffusion import GaussianDiffusion, Model, Variance, build_diffusion, extract
+from ddpm.errors import PipelineError
+from ddpm.files import atomic_write_bytes, atomic_write_json, load_torch
+from ddpm.images import save_grid
+from ddpm.unet import build_unet
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -159,22 +168,20 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dict:
     """The `sample` stage: EMA weights from `final.pt` -> samples.npz, grid.png, trajectory.png
     and sample_summary.json in `out_dir`. Returns the summary."""
-    import io
-    import time
-    from pathlib import Path
-
-    from ddpm.config import to_dict
-    from ddpm.data import atomic_write_bytes, atomic_write_json
-    from ddpm.devices import autocast, select_device
-    from ddpm.diffusion import build_diffusion
-    from ddpm.images import save_grid
-    from ddpm.train import check_resumable, load_checkpoint
-    from ddpm.unet import build_unet
-
     out_dir = Path(out_dir)
     sc = cfg.sample
-    state = load_checkpoint(ckpt_path)
-    check_resumable(state["config"], to_dict(cfg), Path(ckpt_path))
+    state = load_torch(
+        ckpt_path,
+        PipelineError,
+        missing="train the run first",
+        damaged="Train the run again (or restore final.pt, e.g. `dvc pull`).",
+    )
+    changed = training_changes(state["config"], to_dict(cfg))
+    if changed:
+        raise PipelineError(
+            f"{ckpt_path} was trained with a different config ({', '.join(changed)} changed); "
+            "train this run again before sampling"
+        )
     device = select_device(sc.device)
     size = cfg.data.image_size
     model = build_unet(cfg.model, size)
@@ -217,8 +224,6 @@ def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dic
                 clip_denoised=sc.clip_denoised,
                 record=record,
             )
-
-    from tqdm.auto import tqdm
 
     images = torch.empty((sc.num_images, *shape), dtype=torch.uint8)
     start = time.perf_counter()

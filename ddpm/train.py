@@ -9,7 +9,6 @@ weights after a crash and a restart equal those of an uninterrupted run.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import signal
@@ -19,12 +18,13 @@ from pathlib import Path
 import torch
 
 from ddpm import __version__
-from ddpm.config import Config, diff_keys, to_dict
-from ddpm.data import atomic_write_bytes, atomic_write_json, load_dataset
+from ddpm.config import Config, to_dict, training_changes
+from ddpm.data import load_dataset
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import build_diffusion
 from ddpm.ema import EMA
 from ddpm.errors import PipelineError
+from ddpm.files import atomic_write_json, load_torch, save_torch
 from ddpm.images import save_grid
 from ddpm.sampling import ddim_sample, to_uint8
 from ddpm.unet import build_unet, count_parameters
@@ -46,23 +46,6 @@ LOG_FIELDS = [
     "elapsed_s",
 ]
 
-# Keys that may change between a checkpoint and its resumption without changing the run.
-RESUMABLE_KEYS = (
-    "results_dir",
-    "grid",
-    "train.steps",
-    "train.epochs",
-    "train.max_minutes",
-    "train.checkpoint_every",
-    "train.log_every",
-    "train.preview_every",
-    "train.device",
-    "train.compile",
-    "data.workers",
-    "data.skip_corrupt",
-)
-IGNORED_SECTIONS = ("sample.", "evaluate.", "report.")
-
 
 class TrainingError(PipelineError):
     pass
@@ -79,35 +62,18 @@ class Interrupted(PipelineError):
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by this module; a damaged file gives a message, not a traceback."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(
-            f"checkpoint {path} does not exist; run `python -m ddpm train`"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for damaged files
-        raise TrainingError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
-            f"truncated or corrupted. Restore it (e.g. `dvc pull`) or delete it to train this run "
-            f"from scratch."
-        ) from None
+    return load_torch(
+        path,
+        TrainingError,
+        missing="run `python -m ddpm train`",
+        damaged="Restore it (e.g. `dvc pull`) or delete it to train this run from scratch.",
+    )
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    changed = [
-        k
-        for k in diff_keys(saved, current)
-        if not k.startswith(RESUMABLE_KEYS) and not k.startswith(IGNORED_SECTIONS)
-    ]
+    changed = training_changes(saved, current)
     if changed:
         raise TrainingError(
             f"{path} was trained with a different config: {', '.join(changed)} changed. Restore "
@@ -207,7 +173,7 @@ def train(
     _truncate_log(log_path, start)
 
     def checkpoint(step: int, elapsed: float) -> None:
-        save_checkpoint(
+        save_torch(
             ckpt_path,
             {
                 "step": step,
@@ -329,7 +295,7 @@ def train(
                 )
             if want_ckpt or out_of_time or interrupted:
                 checkpoint(step, elapsed)
-            if tc.preview_every and step % tc.preview_every == 0 or want_ckpt:
+            if want_ckpt or (tc.preview_every and step % tc.preview_every == 0):
                 window_start = time.perf_counter()  # images/s measures training alone
             if interrupted:
                 bar.close()
@@ -352,7 +318,7 @@ def train(
         "version": __version__,
         "ema": ema.model.state_dict(),
     }
-    save_checkpoint(out_dir / FINAL, final)
+    save_torch(out_dir / FINAL, final)
     wall = elapsed_before + time.perf_counter() - t0
     summary = {
         "run_id": run_id,

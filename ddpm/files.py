@@ -1,0 +1,60 @@
+"""File helpers shared by every stage: checksums, atomic writes, torch files with clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+from ddpm.errors import PipelineError
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that it appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """torch.save, atomically."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch(path: str | Path, error: type[PipelineError], missing: str, damaged: str):
+    """torch.load (tensors and plain data only) that turns a missing or damaged file into
+    `error` with the caller's advice instead of a pickle traceback."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path} does not exist; {missing}") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for damaged files
+        raise error(
+            f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is truncated or "
+            f"corrupted. {damaged}"
+        ) from None
