@@ -49,6 +49,16 @@ def cmd_schema(args) -> None:
         sys.stdout.write(text)
 
 
+def cmd_config_docs(args) -> None:
+    from ddpm.config import config_reference_markdown
+
+    text = config_reference_markdown()
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 def cmd_config(args) -> None:
     """Print the resolved config (of one run, or the base config and the run ids)."""
     from ddpm.config import expand_grid, to_dict
@@ -160,6 +170,18 @@ def cmd_summary(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_dvc_yaml(args) -> None:
+    from ddpm.dvcfile import render_file
+
+    if args.set:
+        raise PipelineError("dvc-yaml reads the config file as DVC will; --set is not supported")
+    text = render_file(args.config)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable
@@ -177,6 +199,12 @@ COMMANDS = {
     "schema": Command(
         cmd_schema,
         "write the config's JSON schema (YAML)",
+        optional=(("--out", "file to write (default: stdout)"),),
+        reads_config=False,
+    ),
+    "config-docs": Command(
+        cmd_config_docs,
+        "write config/README.md (every key explained)",
         optional=(("--out", "file to write (default: stdout)"),),
         reads_config=False,
     ),
@@ -233,6 +261,11 @@ COMMANDS = {
             WEIGHTS,
             ("--out", "metrics.json to write"),
         ),
+    ),
+    "dvc-yaml": Command(
+        cmd_dvc_yaml,
+        "write dvc.yaml for the config's stages and grid",
+        optional=(("--out", "file to write (default: stdout)"),),
     ),
     "summary": Command(
         cmd_summary,

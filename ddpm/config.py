@@ -77,7 +77,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     preset: Literal["tiny", "ddpm", "base"] = setting(
-        "base", "U-Net size: tiny (<2M, CPU demos), ddpm (35.7M, the paper's), base (~60M)"
+        "base",
+        "U-Net size: tiny (1.1M, CPU demos), ddpm (38.3M, the DDPM paper's layout), base (59.8M)",
     )
     base_channels: int | None = setting(
         None, "width of the first level (overrides the preset)", ge=8
@@ -234,7 +235,10 @@ def _describe(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is tuple:
-        return f"a list of {_describe(args[0])}"
+        item = args[0]
+        if typing.get_origin(item) is Literal:
+            return "a list, each " + _describe(item)
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, "items")
     if origin in (dict, list):
         return "a mapping" if origin is dict else "a list"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
@@ -587,3 +591,68 @@ def json_schema(cls=Config) -> dict:
 def schema_yaml() -> str:
     header = "# Generated from ddpm/config.py by `python -m ddpm schema`; do not edit by hand.\n"
     return header + yaml.safe_dump(json_schema(), sort_keys=False, width=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# config/README.md, generated from the declarations above.
+
+CONFIG_README_INTRO = """# Configuration
+
+One YAML file drives the whole pipeline: `config/config.yaml` is the real experiment
+(Flowers-102, 64 px, T x schedule on a GPU) and `config/demo.yaml` the offline CPU demo. Keys
+left out take the defaults below. Snakemake merges `--configfile FILE` over
+`config/config.yaml`; `python -m ddpm <stage> --config FILE --set key=value` reads one file.
+
+Write floats with a decimal point and an exponent (`1.0e-4`): YAML reads `1e-4` as text, and
+the config then fails with a message that says so.
+
+## The grid
+
+`grid` maps config keys to lists of values; every combination is one run. A key is a dotted
+path (`diffusion.schedule`) or a leaf name that is unique (`T`, `schedule`, `objective`); the
+run id joins `key~value` pairs with `_`, e.g. `T~1000_schedule~cosine`. Each run's config is the
+shared config with its grid values applied, and is validated before anything runs.
+
+```yaml
+grid:
+  T: [350, 1000]
+  schedule: [linear, cosine]
+```
+
+## Every key
+
+This section is generated from `ddpm/config.py` by `python -m ddpm config-docs`.
+"""
+
+
+def _type_name(tp) -> str:
+    return _describe(tp).replace("one of ", "")
+
+
+def config_reference_markdown() -> str:
+    """config/README.md: an introduction and one table per section, from the declarations."""
+    lines = [CONFIG_README_INTRO]
+    sections = [("", Config)] + [
+        (name, tp) for name, (_, tp) in _fields(Config).items() if dataclasses.is_dataclass(tp)
+    ]
+    for name, cls in sections:
+        lines += [
+            f"### `{name}`" if name else "### top level",
+            "",
+            "| key | default | allowed | what it does |",
+            "| --- | --- | --- | --- |",
+        ]
+        for fname, (f, tp) in _fields(cls).items():
+            if dataclasses.is_dataclass(tp):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            allowed = _type_name(tp)
+            bounds = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+            ranges = [f"{sym} {f.metadata[k]}" for k, sym in bounds.items() if k in f.metadata]
+            if ranges:
+                allowed += f", {' and '.join(ranges)}"
+            shown = json.dumps(default) if not isinstance(default, str) else default
+            key = f"{name}.{fname}" if name else fname
+            lines.append(f"| `{key}` | `{shown}` | {allowed} | {f.metadata['doc']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -130,3 +130,12 @@ def test_schema_agrees_with_the_dataclasses_on_examples():
         with pytest.raises(ConfigError):
             config_from_dict(raw)
         assert list(validator.iter_errors(raw)), raw
+
+
+def test_config_readme_is_generated_and_explains_every_key():
+    from ddpm.config import _leaf_keys, config_reference_markdown
+
+    text = (ROOT / "config/README.md").read_text()
+    assert text == config_reference_markdown(), "run `python -m ddpm config-docs --out config/README.md`"
+    for key in _leaf_keys() + ["grid"]:
+        assert f"`{key}`" in text, key

@@ -149,3 +149,28 @@ def test_conda_env_lists_every_runtime_dependency():
         listed += item["pip"] if isinstance(item, dict) else [item]
     missing = _names(deps) - _names(listed)
     assert not missing, f"workflow/envs/ddpm.yaml lacks {sorted(missing)}"
+
+
+def test_slurm_profile_parses_and_sizes_the_jobs(tmp_path):
+    """The profile's options are valid for Snakemake + the SLURM executor plugin (a dry run
+    fails on any unknown option), its per-rule settings name real rules, and each training
+    job asks for one GPU. Conda is not installable here, so use-conda is dropped for the run."""
+    profile = ROOT / "workflow/profiles/slurm/config.yaml"
+    settings = yaml.safe_load(profile.read_text())
+    assert settings["executor"] == "slurm" and settings["use-conda"] is True
+    r = subprocess.run([*SNAKEMAKE, "--list-rules"], capture_output=True, text=True, cwd=ROOT)
+    rules = set(r.stdout.split())
+    for section in ("set-resources", "set-threads"):
+        assert set(settings[section]) <= rules, f"{section} names a rule that does not exist"
+
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    (tmp_path / "profile").mkdir()
+    without_conda = {k: v for k, v in settings.items() if k != "use-conda"}
+    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(without_conda))
+    r = snakemake(tmp_path, "--workflow-profile", str(tmp_path / "profile"), "-n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
+    assert len(train_jobs) == 4
+    for block in train_jobs:
+        assert "gpu=1" in block and "runtime=240" in block and "mem_mb=32000" in block
