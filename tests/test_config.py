@@ -136,6 +136,8 @@ def test_config_readme_is_generated_and_explains_every_key():
     from ddpm.config import _leaf_keys, config_reference_markdown
 
     text = (ROOT / "config/README.md").read_text()
-    assert text == config_reference_markdown(), "run `python -m ddpm config-docs --out config/README.md`"
+    assert text == config_reference_markdown(), (
+        "run `python -m ddpm config-docs --out config/README.md`"
+    )
     for key in _leaf_keys() + ["grid"]:
         assert f"`{key}`" in text, key
