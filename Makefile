@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/demo.yaml
-	@echo "Done: the comparison of the demo runs is in results/demo/summary.csv"
+	@echo "Done: open results/demo/report.html (the same table as CSV: results/demo/summary.csv)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -22,4 +22,5 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
+        get_report(),
         get_final_target(),

@@ -170,6 +170,17 @@ def cmd_summary(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_report(args) -> None:
+    from ddpm.report import build_report
+
+    context = build_report(_config(args), args.runs, args.out, data_path=args.data)
+    failed = len(context["failed"])
+    print(
+        f"wrote {args.out}: {len(context['rows'])} runs"
+        + (f", {failed} incomplete" if failed else "")
+    )
+
+
 def cmd_dvc_yaml(args) -> None:
     from ddpm.dvcfile import render_file
 
@@ -261,6 +272,12 @@ COMMANDS = {
             WEIGHTS,
             ("--out", "metrics.json to write"),
         ),
+    ),
+    "report": Command(
+        cmd_report,
+        "the HTML report comparing every run of the grid",
+        (("--runs", "folder holding one folder per run"), ("--out", "HTML file to write")),
+        (("--data", "preprocessed dataset, for the memorisation check"),),
     ),
     "dvc-yaml": Command(
         cmd_dvc_yaml,

@@ -147,6 +147,17 @@ def render(cfg: Config, config_path: str, sections: set[str]) -> str:
         "deps": [f"{r}/runs/{run.id}/metrics.json" for run in expand_grid(cfg)],
         "outs": [{summary: {"cache": False}}],
     }
+    runs = [f"{r}/runs/{run.id}" for run in expand_grid(cfg)]
+    stages["report"] = {
+        "cmd": ddpm.format("report") + f" --runs {r}/runs --data {data} --out {r}/report.html",
+        "deps": [data]
+        + [
+            f"{d}/{name}"
+            for d in runs
+            for name in ("metrics.json", "train_summary.json", "samples.npz", "trajectory.png")
+        ],
+        "outs": [{f"{r}/report.html": {"cache": False}}],
+    }
     doc = {"vars": [f"{config_path}:grid,results_dir"], "stages": stages}
     text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
     return HEADER.format(config=config_path) + text

@@ -1,16 +1,29 @@
-"""Comparing the runs of a sweep. For now: one table (CSV) of every run's settings and scores;
-the HTML report builds on `collect_runs`."""
+"""Comparing the runs of a sweep: a CSV table and one self-contained HTML report.
+
+`collect_runs` reads what each run of the grid left on disk and never drops a run: a run whose
+files are missing is shown as such. `build_report` renders `templates/report.html.j2` with every
+image embedded as a data URI (no network access, no front-end framework).
+"""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
-from ddpm.config import Config, expand_grid
+import numpy as np
+import torch
+
+from ddpm.config import Config, config_hash, expand_grid, to_dict
 from ddpm.diffusion import build_diffusion
 from ddpm.files import atomic_write_bytes
+from ddpm.images import grid, png_bytes
 from ddpm.schedules import terminal_stats
 
 COLUMNS = [
@@ -41,6 +54,8 @@ METRIC_KEYS = [
     "test_weights",
 ]
 COLUMNS += METRIC_KEYS
+FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
+PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "snakemake", "dvc"]
 
 
 def _read(path: Path) -> dict | None:
@@ -60,7 +75,10 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
         )
         dc = run.config.diffusion
         row = {
+            **dict.fromkeys(COLUMNS),  # every column exists, None until a file provides it
+            "device": None,
             "run_id": run.id,
+            "params": run.params,
             "T": dc.T,
             "schedule": dc.schedule,
             "objective": dc.objective,
@@ -81,6 +99,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
                 train_time_s=train["wall_time_s"],
                 train_images_per_s=train["images_per_s"],
                 final_loss=train["final_loss"],
+                device=train.get("device"),
             )
         if sample:
             row["nfe_per_image"] = sample["nfe_per_image"]
@@ -98,3 +117,254 @@ def write_summary(cfg: Config, runs_dir: str | Path, out: str | Path) -> list[di
     writer.writerows(rows)
     atomic_write_bytes(out, buf.getvalue().encode())
     return rows
+
+
+# -- pictures ------------------------------------------------------------------------------------
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return data_uri(buf.getvalue())
+
+
+def _smooth(values: np.ndarray, window: int = 5) -> np.ndarray:
+    if len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(
+        np.pad(values, (window // 2, window - 1 - window // 2), mode="edge"), kernel, mode="valid"
+    )
+
+
+def _read_log(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    if not rows:
+        return None
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    logs = {r["run_id"]: _read_log(runs_dir / r["run_id"] / "train_log.csv") for r in rows}
+    logs = {k: v for k, v in logs.items() if v is not None}
+    if logs:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for run_id, log in logs.items():
+            ax.plot(log["step"], _smooth(log["loss"]), label=run_id)
+        ax.set(
+            xlabel="training step", ylabel="loss (smoothed)", yscale="log", title="Training loss"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        plots["loss"] = _figure_uri(fig)
+
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3), sharey=True)
+        for q, ax in enumerate(axes):
+            for run_id, log in logs.items():
+                ax.plot(log["step"], _smooth(log[f"loss_q{q + 1}"]), label=run_id)
+            ax.set(title=f"t/T in [{q / 4:.2f}, {(q + 1) / 4:.2f})", xlabel="step", yscale="log")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("loss")
+        axes[-1].legend(fontsize=6)
+        plots["loss_quarters"] = _figure_uri(fig)
+
+    # Schedules: one curve per distinct (T, schedule, range) among the runs.
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    seen = set()
+    for run in expand_grid(cfg):
+        dc = run.config.diffusion
+        key = (dc.T, dc.schedule, dc.beta_start, dc.beta_end, dc.cosine_s)
+        if key in seen:
+            continue
+        seen.add(key)
+        ab = build_diffusion(dc).alphas_cumprod.numpy()
+        x = np.arange(1, dc.T + 1) / dc.T
+        label = f"{dc.schedule}, T={dc.T}"
+        a1.plot(x, ab, label=label)
+        a2.plot(x, np.log(ab) - np.log1p(-ab), label=label)
+    a1.set(xlabel="t / T", ylabel="alpha_bar_t", title="Signal kept")
+    a2.set(xlabel="t / T", ylabel="log SNR", title="Log signal-to-noise ratio")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    plots["schedules"] = _figure_uri(fig)
+
+    scored = [r for r in rows if r.get("fid") is not None]
+    if scored:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        for schedule in sorted({r["schedule"] for r in scored}):
+            pts = sorted((r["T"], r["fid"]) for r in scored if r["schedule"] == schedule)
+            a1.plot(*zip(*pts, strict=True), marker="o", label=schedule)
+        a1.set(xlabel="T", ylabel="FID", title="FID against T", xscale="log")
+        a1.legend(fontsize=7)
+        labels = [r["run_id"] for r in scored]
+        a2.bar(
+            range(len(scored)),
+            [r["fid"] for r in scored],
+            color=[
+                f"C{sorted({s['schedule'] for s in scored}).index(r['schedule'])}" for r in scored
+            ],
+        )
+        a2.set_xticks(range(len(scored)), labels, rotation=30, ha="right", fontsize=7)
+        a2.set(ylabel="FID", title="FID by run (colour: schedule)")
+        for ax in (a1, a2):
+            ax.grid(alpha=0.3, axis="y")
+        plots["fid"] = _figure_uri(fig)
+    return plots
+
+
+def _samples(path: Path, n: int) -> torch.Tensor | None:
+    try:
+        with np.load(path) as f:
+            return torch.from_numpy(f["images"][:n])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _nearest(samples: torch.Tensor, train: torch.Tensor, k: int) -> list[tuple[int, list]]:
+    """For each sample, the k training images closest in pixel space: (index, [(j, distance)])."""
+    x = samples.flatten(1).float() / 255
+    out = []
+    dists = torch.cat(
+        [torch.cdist(x, chunk.flatten(1).float() / 255) for chunk in train.split(2048)], dim=1
+    )  # (n, N)
+    values, indices = dists.topk(k, dim=1, largest=False)
+    for i in range(len(samples)):
+        out.append((i, list(zip(indices[i].tolist(), values[i].tolist(), strict=True))))
+    return out
+
+
+def _memorisation(samples: torch.Tensor, train: torch.Tensor, rc) -> dict:
+    picks = samples[: rc.memorisation_samples]
+    tiles, distances = [], []
+    for i, neighbours in _nearest(picks, train, rc.nearest_neighbours):
+        tiles.append(picks[i])
+        tiles += [train[j] for j, _ in neighbours]
+        distances.append([d for _, d in neighbours])
+    strip = grid(torch.stack(tiles), nrow=1 + rc.nearest_neighbours)
+    return {"image": data_uri(png_bytes(strip, scale=2)), "distances": distances}
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def _git_commit(start: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=start,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown (not a git checkout)"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _fmt(value) -> str:
+    """Four significant digits; a dash for a value that does not exist."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _best(rows: list[dict]) -> list[dict]:
+    best = []
+    for key, label, better in (
+        ("fid", "FID", min),
+        ("kid_mean", "KID", min),
+        ("is_mean", "Inception Score", max),
+    ):
+        scored = [r for r in rows if r.get(key) is not None]
+        if scored:
+            r = better(scored, key=lambda r, key=key: r[key])
+            best.append({"metric": label, "run_id": r["run_id"], "value": r[key]})
+    return best
+
+
+def build_report(
+    cfg: Config, runs_dir: str | Path, out: str | Path, data_path: str | Path | None = None
+) -> dict:
+    """Write the HTML report comparing every run of `cfg`'s grid; returns what it showed."""
+    import jinja2
+
+    from ddpm.data import load_dataset
+
+    runs_dir = Path(runs_dir)
+    rc = cfg.report
+    rows = collect_runs(cfg, runs_dir)
+    train_images = load_dataset(data_path)[0] if data_path else None
+    for row in rows:
+        d = runs_dir / row["run_id"]
+        row["far_from_noise"] = row["alpha_bar_T"] > FAR_FROM_NOISE
+        samples = _samples(d / "samples.npz", rc.grid_images)
+        row["grid"] = (
+            data_uri(png_bytes(grid(samples, nrow=int(np.ceil(np.sqrt(len(samples))))), scale=2))
+            if samples is not None
+            else None
+        )
+        traj = d / "trajectory.png"
+        row["trajectory"] = data_uri(traj.read_bytes()) if traj.exists() else None
+        row["memorisation"] = (
+            _memorisation(samples, train_images, rc)
+            if samples is not None and train_images is not None and rc.memorisation_samples
+            else None
+        )
+    test_weights = any(r.get("test_weights") for r in rows)
+    context = {
+        "title": rc.title,
+        "rows": rows,
+        "failed": [r for r in rows if r["status"] != "ok"],
+        "best": _best(rows),
+        "grid": cfg.grid,
+        "shared": {k: v for k, v in to_dict(cfg).items() if k not in ("grid", "results_dir")},
+        "plots": _plots(cfg, rows, runs_dir),
+        "test_weights": test_weights,
+        "far_threshold": FAR_FROM_NOISE,
+        "footer": {
+            "commit": _git_commit(Path(__file__).parent),
+            "config_hash": config_hash(cfg),
+            "versions": _versions(),
+            "devices": sorted({r["device"] for r in rows if r.get("device")}),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        },
+    }
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ddpm", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+    )
+    env.filters["fmt"] = _fmt
+    env.filters["fmt_int"] = lambda v: "—" if v is None else f"{int(v):,}"
+    html = env.get_template("report.html.j2").render(**context)
+    atomic_write_bytes(out, html.encode())
+    return context

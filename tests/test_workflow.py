@@ -90,6 +90,7 @@ def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
         "sample": 4,
         "evaluate": 4,
         "summary": 1,
+        "report": 1,
         "all": 1,
     }
 
@@ -112,11 +113,20 @@ def test_the_tiny_pipeline_end_to_end(tmp_path):
         assert json.loads((d / "train_summary.json").read_text())["steps"] == 6
     summary = (wd / "results/summary.csv").read_text().splitlines()
     assert len(summary) == 3 and summary[1].startswith("T~20,ok,20")
+    html = (wd / "results/report.html").read_text()
+    assert 'data-run="T~20"' in html and 'data-run="T~30"' in html
     assert job_counts(wd) == {}, "a second invocation has nothing to do"
 
     changed = dict(TINY, grid={"T": [20, 40]})
     workdir(tmp_path, changed)
-    assert job_counts(wd) == {"train": 1, "sample": 1, "evaluate": 1, "summary": 1, "all": 1}
+    assert job_counts(wd) == {
+        "train": 1,
+        "sample": 1,
+        "evaluate": 1,
+        "summary": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,10 @@ def get_final_target():
     return f"{RESULTS}/summary.csv"
 
 
+def get_report():
+    return f"{RESULTS}/report.html"
+
+
 def get_dataset():
     return f"{RESULTS}/data/dataset.npy"
 

@@ -31,8 +31,18 @@ rule sample:
         final=rules.train.output.final,
     output:
         samples=f"{RESULTS}/runs/{{run}}/samples.npz",
-        grid=f"{RESULTS}/runs/{{run}}/grid.png",
-        trajectory=f"{RESULTS}/runs/{{run}}/trajectory.png",
+        grid=report(
+            f"{RESULTS}/runs/{{run}}/grid.png",
+            caption="../report/grid.rst",
+            category="Samples",
+            subcategory="{run}",
+        ),
+        trajectory=report(
+            f"{RESULTS}/runs/{{run}}/trajectory.png",
+            caption="../report/trajectory.rst",
+            category="Trajectories",
+            subcategory="{run}",
+        ),
         summary=f"{RESULTS}/runs/{{run}}/sample_summary.json",
     log:
         f"{RESULTS}/logs/sample/{{run}}.log",
