@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/run_all.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check ddpm tests benchmarks
 	$(BIN)/ruff format --check ddpm tests benchmarks

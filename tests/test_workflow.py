@@ -116,6 +116,9 @@ def test_the_tiny_pipeline_end_to_end(tmp_path):
     html = (wd / "results/report.html").read_text()
     assert 'data-run="T~20"' in html and 'data-run="T~30"' in html
     assert job_counts(wd) == {}, "a second invocation has nothing to do"
+    r = snakemake(wd, "--report", str(wd / "snakemake-report.zip"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (wd / "snakemake-report.zip").stat().st_size > 0
 
     changed = dict(TINY, grid={"T": [20, 40]})
     workdir(tmp_path, changed)

@@ -27,7 +27,7 @@ rule preprocess:
         f"{RESULTS}/logs/preprocess.log",
     conda:
         "../envs/ddpm.yaml"
-    threads: workflow.cores
+    threads: 8
     params:
         ddpm=DDPM,
         config=CONFIG,

@@ -41,7 +41,7 @@ rule reference_stats:
         f"{RESULTS}/benchmarks/reference_stats.tsv"
     conda:
         "../envs/ddpm.yaml"
-    threads: workflow.cores
+    threads: 8
     params:
         ddpm=DDPM,
         config=CONFIG,
