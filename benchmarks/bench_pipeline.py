@@ -41,7 +41,7 @@ def main() -> None:
         table(
             [
                 [
-                    "snakemake -n (config/config.yaml, 20 jobs)",
+                    "snakemake -n (config/config.yaml)",
                     f"{timing['median_s']:.2f}",
                     f"{timing['min_s']:.2f}-{timing['max_s']:.2f}",
                 ]

@@ -2,7 +2,7 @@
 against diffusers' DDPMPipeline driving the very same network (the difference is per-step
 overhead: per-sample noise generators, float64 coefficients, clipping).
 
-    python benchmarks/bench_sample.py [--preset tiny] [--size 32] [--batch 16] [--T 1000]
+    python benchmarks/bench_sample.py [--preset tiny] [--size 32] [--batch 16] [--T 500]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ddpm.unet import build_unet  # noqa: E402
 def diffusers_pipeline(model, diffusion, size: int):
     """DDPMPipeline around our network: diffusers passes integer t, our net expects (t + 1) / T."""
     from diffusers import DDPMPipeline, DDPMScheduler
-    from diffusers.models.modeling_outputs import UNet2DOutput
+    from diffusers.models.unets.unet_2d import UNet2DOutput
 
     class Wrapped(torch.nn.Module):
         def __init__(self):
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--T", type=int, default=1000)
+    parser.add_argument("--T", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -85,8 +85,8 @@ def main() -> None:
             ),
             args.T,
         )
-    except ImportError:
-        print("diffusers not installed; skipping it (pip install -e '.[bench]')")
+    except ImportError as e:
+        print(f"diffusers unavailable ({e}); skipping it (pip install -e '.[bench]')")
 
     results, rows = {}, []
     with torch.inference_mode():

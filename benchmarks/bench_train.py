@@ -39,8 +39,8 @@ def peers(size: int) -> dict:
             up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
         )
         out["diffusers UNet2DModel"] = (net, lambda m, x, t: m(x, t * 1000).sample)
-    except ImportError:
-        print("diffusers not installed; skipping it (pip install -e '.[bench]')")
+    except ImportError as e:
+        print(f"diffusers unavailable ({e}); skipping it (pip install -e '.[bench]')")
     try:
         from denoising_diffusion_pytorch import Unet
 
