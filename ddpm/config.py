@@ -68,6 +68,11 @@ class DataConfig:
     )
     image_size: int = setting(64, "side of the square training images in pixels", ge=8, le=1024)
     skip_corrupt: bool = setting(False, "skip (and list) unreadable images instead of failing")
+    resample: Literal["bilinear", "bicubic", "lanczos"] = setting(
+        "bilinear",
+        "antialiased resize filter: bilinear (torchvision's Resize default), or the sharper and "
+        "slower bicubic / lanczos",
+    )
     folder: str | None = setting(None, "image folder, searched recursively (source: folder)")
     synthetic_count: int = setting(4096, "number of images (source: synthetic)", ge=1)
     synthetic_seed: int = setting(0, "seed of the synthetic dataset (source: synthetic)", ge=0)

@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -12,8 +13,10 @@ from PIL import Image
 from ddpm.config import config_from_dict
 from ddpm.data import (
     DataError,
+    _decode_reduced,
     download,
     load_dataset,
+    load_square,
     manifest_path,
     preprocess,
     safe_extract,
@@ -126,7 +129,7 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
             tmp_path / "d.npy",
             progress=False,
         )
-    assert not (tmp_path / "d.npy").exists()
+    assert not (tmp_path / "d.npy").exists() and not list(tmp_path.glob(".d.npy*"))
     manifest = preprocess(
         data_cfg(source="folder", folder=str(folder), image_size=8, skip_corrupt=True),
         tmp_path / "d.npy",
@@ -163,3 +166,129 @@ def test_loader_detects_a_changed_file(tmp_path):
     out.write_bytes(bytes(data[:-10]))
     with pytest.raises(DataError, match="changed or truncated"):
         load_dataset(out)
+
+
+def mixed_folder(folder, n=70):
+    """n images of varied size and kind (RGB JPEG, progressive, grayscale, CMYK, PNG) and one
+    truncated JPEG, in two sub-folders."""
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        h, w = rng.integers(20, 60, 2)
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        kind = i % 5
+        if kind == 0:
+            img.save(sub / f"{i}.jpg", progressive=True)
+        elif kind == 1:
+            img.convert("L").save(sub / f"{i}.jpg")
+        elif kind == 2:
+            img.convert("CMYK").save(sub / f"{i}.jpg")
+        elif kind == 3:
+            img.save(sub / f"{i}.png")
+        else:
+            img.save(sub / f"{i}.jpg")
+    good = (folder / "a/1.jpg").read_bytes()
+    (folder / "a/broken.jpg").write_bytes(good[: len(good) // 2])
+
+
+def test_worker_processes_write_the_same_file_as_one_process(tmp_path):
+    """Two forked workers decode into a shared mapping of the output: the file, the sha256 and
+    the skipped list must be exactly those of a single-process run."""
+    folder = tmp_path / "imgs"
+    mixed_folder(folder)
+    manifests = {}
+    for workers in (1, 2):
+        manifests[workers] = preprocess(
+            data_cfg(
+                source="folder",
+                folder=str(folder),
+                image_size=16,
+                skip_corrupt=True,
+                workers=workers,
+            ),
+            tmp_path / f"w{workers}.npy",
+            progress=False,
+        )
+    one, two = manifests[1], manifests[2]
+    assert one["count"] == two["count"] == 70
+    assert [s["file"] for s in two["skipped"]] == [str(folder / "a/broken.jpg")]
+    assert one["sha256"] == two["sha256"]
+    assert (tmp_path / "w1.npy").read_bytes() == (tmp_path / "w2.npy").read_bytes()
+    images, _ = load_dataset(tmp_path / "w2.npy")
+    assert tuple(images.shape) == (70, 3, 16, 16)
+    assert images.float().std(dim=(1, 2, 3)).min() > 2  # every slot was written (not zeros)
+
+
+def test_worker_failure_is_reported_and_leaves_no_file(tmp_path, monkeypatch):
+    """An unreadable image found by a worker names the file; a worker killed by its decoder
+    (here: exits) is reported instead of producing a tensor with a hole in it."""
+    import ddpm.data
+
+    folder = tmp_path / "imgs"
+    mixed_folder(folder)
+    cfg = data_cfg(source="folder", folder=str(folder), image_size=16, workers=2)
+    with pytest.raises(DataError, match="broken.jpg"):
+        preprocess(cfg, tmp_path / "d.npy", progress=False)
+    (folder / "a/broken.jpg").unlink()
+
+    real = ddpm.data.load_square
+
+    def crash_on_7(path, size, resample):
+        if path.name == "7.jpg":
+            os._exit(7)
+        return real(path, size, resample)
+
+    monkeypatch.setattr(ddpm.data, "load_square", crash_on_7)
+    with pytest.raises(DataError, match="exit code 7"):
+        preprocess(cfg, tmp_path / "d.npy", progress=False)
+    assert not list(tmp_path.glob("*d.npy*"))
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "grayscale"])
+def test_reduced_jpeg_decode_matches_pillow_draft(tmp_path, kind):
+    """The simplejpeg path gives the pixels Pillow's draft mode gives, at the same scale."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (203, 250, 3), dtype=np.uint8))
+    path = tmp_path / "x.jpg"
+    if kind == "grayscale":
+        img.convert("L").save(path)
+    else:
+        img.save(path, progressive=kind == "progressive")
+    with Image.open(path) as ref:
+        ref.draft("RGB", (40, 40))
+        expected = np.asarray(ref.convert("RGB"))
+    got = np.asarray(_decode_reduced(path, 40))
+    assert got.shape == expected.shape == (51, 63, 3)  # 1/4 scale: the smallest >= 40
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cmyk_and_png_become_rgb(tmp_path):
+    red = Image.new("RGB", (48, 32), (230, 20, 20))
+    red.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    red.save(tmp_path / "red.png")
+    for name in ("cmyk.jpg", "red.png"):
+        pixels = load_square(tmp_path / name, 16)
+        assert pixels.shape == (16, 16, 3)
+        np.testing.assert_allclose(pixels.reshape(-1, 3).mean(0), (230, 20, 20), atol=4)
+
+
+def test_resize_filter_is_recorded_and_used(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):  # decoded at 1/8 scale (12 x 15), then resized to 8 x 8
+        Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
+            folder / f"{i}.jpg"
+        )
+    files = {}
+    for resample in ("bilinear", "bicubic"):
+        manifest = preprocess(
+            data_cfg(source="folder", folder=str(folder), image_size=8, resample=resample),
+            tmp_path / f"{resample}.npy",
+            progress=False,
+        )
+        assert resample in manifest["preprocessing"]["resize"]
+        files[resample] = np.load(tmp_path / f"{resample}.npy").astype(int)
+    difference = np.abs(files["bilinear"] - files["bicubic"])
+    assert 0 < difference.mean() < 20  # the same images, filtered differently
