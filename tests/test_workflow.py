@@ -131,6 +131,14 @@ def test_the_tiny_pipeline_end_to_end(tmp_path):
         "all": 1,
     }
 
+    more_workers = dict(TINY, data={**TINY["data"], "workers": 1})  # back to T 20, 30
+    workdir(tmp_path, more_workers)
+    assert job_counts(wd) == {}, "data.workers does not change the dataset"
+    other_data = dict(TINY, data={**TINY["data"], "synthetic_seed": 5})
+    workdir(tmp_path, other_data)
+    counts = job_counts(wd)
+    assert counts["preprocess"] == 1 and counts["train"] == 2 and counts["evaluate"] == 2
+
 
 @pytest.mark.parametrize(
     "section, value, key",

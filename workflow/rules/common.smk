@@ -1,5 +1,6 @@
 # Wiring shared by the rule files. All logic lives in the `ddpm` package; these helpers only
 # turn the validated config into paths.
+import dataclasses
 import json
 import os
 import sys
@@ -46,9 +47,19 @@ def get_weights():
     return CFG.evaluate.inception_weights
 
 
+def _without_workers(cfg):
+    """The config minus data.workers, which changes how fast the dataset is built, not what."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=0))
+
+
 def get_run_hash(wildcards):
     """Changes when anything that defines this run changes, so Snakemake reruns its chain."""
-    return config_hash(RUNS[wildcards.run].config)
+    return config_hash(_without_workers(RUNS[wildcards.run].config))
+
+
+def get_data_hash():
+    """Changes when a data setting changes, so Snakemake rebuilds the dataset and all after it."""
+    return config_hash(_without_workers(CFG).data)
 
 
 def get_raw_inputs(wildcards):

@@ -32,5 +32,6 @@ rule preprocess:
         ddpm=DDPM,
         config=CONFIG,
         raw=f"--raw {RESULTS}/raw" if CFG.data.source == "flowers102" else "",
+        data_hash=get_data_hash(),
     shell:
         "{params.ddpm} preprocess --config {params.config} {params.raw} --out {output.data} > {log} 2>&1"
