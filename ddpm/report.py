@@ -55,6 +55,9 @@ METRIC_KEYS = [
 ]
 COLUMNS += METRIC_KEYS
 FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
+# alpha_bar_T below this with eps-prediction: the x_0 estimate at t = T is the network's error
+# divided by sqrt(alpha_bar_T), and with beta_T ~ 1 the first step keeps it (saturated colours).
+EPS_NEAR_ZERO = 1e-5  # flags cosine and sigmoid at any T; not linear (4e-5 at T = 1000)
 PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "snakemake", "dvc"]
 
 
@@ -327,6 +330,7 @@ def build_report(
     for row in rows:
         d = runs_dir / row["run_id"]
         row["far_from_noise"] = row["alpha_bar_T"] > FAR_FROM_NOISE
+        row["eps_at_zero"] = row["objective"] == "eps" and row["alpha_bar_T"] < EPS_NEAR_ZERO
         samples = _samples(d / "samples.npz", rc.grid_images)
         row["grid"] = (
             data_uri(png_bytes(grid(samples, nrow=int(np.ceil(np.sqrt(len(samples))))), scale=2))
@@ -351,6 +355,7 @@ def build_report(
         "plots": _plots(cfg, rows, runs_dir),
         "test_weights": test_weights,
         "far_threshold": FAR_FROM_NOISE,
+        "eps_threshold": EPS_NEAR_ZERO,
         "footer": {
             "commit": _git_commit(Path(__file__).parent),
             "config_hash": config_hash(cfg),

@@ -172,6 +172,25 @@ def test_the_report_works_for_a_single_run(tmp_path):
     assert context["rows"][0]["memorisation"] is None  # no training data given
 
 
+@pytest.mark.parametrize("objective, flagged", [("eps", True), ("v", False)])
+def test_eps_prediction_with_alpha_bar_T_near_zero_is_flagged(tmp_path, objective, flagged):
+    """Cosine at T = 400 ends at alpha_bar_T ~ 1.5e-8: fine for v-prediction, a warning for eps."""
+    cfg = config_from_dict(
+        {
+            "data": {"source": "synthetic", "image_size": 16},
+            "model": {"preset": "tiny"},
+            "diffusion": {"T": 400, "schedule": "cosine", "objective": objective},
+        }
+    )
+    fabricate_run(tmp_path / "runs/default", 1)
+    context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    row = context["rows"][0]
+    assert row["alpha_bar_T"] < 1e-7 and not row["far_from_noise"]
+    assert row["eps_at_zero"] is flagged
+    cell = (tmp_path / "r.html").read_text().split('data-run="default"')[1].split("</tr>")[0]
+    assert ("amplifies the network's error" in cell) is flagged
+
+
 def _browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
