@@ -21,17 +21,6 @@ from ddpm.data import synthetic_dataset  # noqa: E402
 from ddpm.metrics import extract_features, fid, load_inception, make_test_inception  # noqa: E402
 
 
-class Images(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=128)
@@ -56,8 +45,9 @@ def main() -> None:
 
         def theirs():
             return torch_fidelity.calculate_metrics(
-                input1=Images(b),
-                input2=Images(a),
+                # torch-fidelity takes a Dataset of uint8 3 x H x W images: a Subset of the tensor
+                input1=torch.utils.data.Subset(b, range(len(b))),
+                input2=torch.utils.data.Subset(a, range(len(a))),
                 fid=True,
                 isc=True,
                 cuda=False,

@@ -143,24 +143,15 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
 def test_fid_and_is_agree_with_torch_fidelity(net, weights):
     import torch_fidelity
 
-    class Images(torch.utils.data.Dataset):
-        def __init__(self, x):
-            self.x = x
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return self.x[i]
-
     a, b = flowers(64, 0), flowers(64, 1)
     fa = extract_features(net, a, 32, CPU, progress=False)
     fb = extract_features(net, b, 32, CPU, progress=False)
     ours_fid = fid(fa["pool"], fb["pool"])
     ours_is, _ = metrics.inception_score(fb["logits"], splits=1, seed=0)
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(b),
-        input2=Images(a),
+        # torch-fidelity takes a Dataset of uint8 3 x H x W images: a Subset of the tensor
+        input1=torch.utils.data.Subset(b, range(len(b))),
+        input2=torch.utils.data.Subset(a, range(len(a))),
         fid=True,
         isc=True,
         isc_splits=1,
