@@ -27,6 +27,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ddpm tests benchmarks
 	$(BIN)/ruff format --check ddpm tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

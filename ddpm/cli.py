@@ -14,12 +14,12 @@ import yaml
 from ddpm.errors import PipelineError
 
 
-def _parse_set(items: list[str]) -> dict:
+def _parse_set(items: list[str], flag: str = "--set") -> dict:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise PipelineError(f"--set expects KEY=VALUE, got {item!r}")
+            raise PipelineError(f"{flag} expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
@@ -30,10 +30,33 @@ def _config(args):
     return load_config(args.config, _parse_set(args.set))
 
 
-def _run_config(args):
-    from ddpm.config import get_run
+def _job(args, stage_name: str):
+    """The config a stage command runs with, and its settings document.
 
-    return get_run(_config(args), args.run)
+    From `--settings FILE` (what the pipeline passes: the settings the job was fingerprinted
+    with), or from `--config FILE [--run ID]` by hand, computed the same way. Tuning settings
+    (which cannot change a result) come from `--tune KEY=VALUE`, `--tune-from CONFIG`, or the
+    `--config` itself."""
+    from ddpm import stages
+    from ddpm.config import load_config
+
+    if bool(args.settings) == bool(args.config):
+        raise PipelineError(
+            "give either --settings FILE (as the pipeline does) or --config FILE [--run ID]"
+        )
+    stage = stages.get_stage(stage_name)
+    if args.settings:
+        if args.set or args.run:
+            raise PipelineError("--set and --run go with --config, not with --settings")
+        document = stages.read_settings(args.settings, stage)
+        tuning = stages.tuning_of(stage, load_config(args.tune_from)) if args.tune_from else {}
+    else:
+        cfg = _config(args)
+        _, document = stages.prepare(stage_name, cfg, args.run)
+        tuning = stages.tuning_of(stage, cfg)
+    for item in args.tune:
+        tuning.update(_parse_set(item.split(","), "--tune"))
+    return stages.job_config(stage, document["settings"], tuning), document
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -42,50 +65,68 @@ def _run_config(args):
 def cmd_schema(args) -> None:
     from ddpm.config import schema_yaml
 
-    text = schema_yaml()
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
+    _write_or_print(schema_yaml(), args.out)
 
 
 def cmd_config_docs(args) -> None:
     from ddpm.config import config_reference_markdown
 
-    text = config_reference_markdown()
-    if args.out:
-        Path(args.out).write_text(text)
+    _write_or_print(config_reference_markdown(), args.out)
+
+
+def _write_or_print(text: str, out: str | None) -> None:
+    if out:
+        Path(out).write_text(text)
     else:
         sys.stdout.write(text)
 
 
 def cmd_config(args) -> None:
-    """Print the resolved config (of one run, or the base config and the run ids)."""
-    from ddpm.config import expand_grid, to_dict
+    """Print the resolved config (of one network or variant, or the base config and the plan)."""
+    from ddpm.config import to_dict
+    from ddpm.stages import plan
 
     cfg = _config(args)
+    the_plan = plan(cfg)
     if args.run:
-        from ddpm.config import get_run
-
-        out = {"run": args.run, "config": to_dict(get_run(cfg, args.run).config)}
+        found = {n.id: n.config for n in the_plan.networks}
+        found.update({v.key: v.config for v in the_plan.variants})
+        if args.run not in found:
+            raise PipelineError(f"--run {args.run}: not in this grid; see `python -m ddpm runs`")
+        out = {"run": args.run, "config": to_dict(found[args.run])}
     else:
-        out = {"config": to_dict(cfg), "runs": [r.id for r in expand_grid(cfg)]}
+        out = {
+            "config": to_dict(cfg),
+            "networks": [n.id for n in the_plan.networks],
+            "variants": [v.key for v in the_plan.variants],
+        }
     print(json.dumps(out, indent=2))
 
 
 def cmd_runs(args) -> None:
-    from ddpm.config import expand_grid
+    from ddpm.stages import plan
 
-    for run in expand_grid(_config(args)):
-        print(run.id)
+    the_plan = plan(_config(args))
+    for variant in the_plan.variants:
+        print(variant.key)
+
+
+def cmd_settings(args) -> None:
+    from ddpm.stages import write_all_settings
+
+    cfg = _config(args)
+    if args.dvc_yaml:
+        from ddpm.dvcfile import check_current
+
+        check_current(args.config, args.dvc_yaml)
+    names = write_all_settings(cfg, args.out)
+    print(f"wrote {len(names)} settings files to {args.out}")
 
 
 def cmd_download(args) -> None:
     from ddpm.data import download
 
-    cfg = _config(args)
-    if cfg.data.source != "flowers102":
-        raise PipelineError(f"data.source is {cfg.data.source!r}: there is nothing to download")
+    cfg, _ = _job(args, "download")
     download(cfg.data, args.out)
     print(f"downloaded and verified {len(cfg.data.md5)} files in {args.out}")
 
@@ -93,7 +134,8 @@ def cmd_download(args) -> None:
 def cmd_preprocess(args) -> None:
     from ddpm.data import preprocess
 
-    manifest = preprocess(_config(args).data, args.out, raw_dir=args.raw)
+    cfg, _ = _job(args, "preprocess")
+    manifest = preprocess(cfg.data, args.out, raw_dir=args.raw)
     skipped = f", skipped {len(manifest['skipped'])} unreadable" if manifest["skipped"] else ""
     print(f"wrote {manifest['count']} images {manifest['shape']} to {args.out}{skipped}")
 
@@ -101,31 +143,48 @@ def cmd_preprocess(args) -> None:
 def cmd_train(args) -> None:
     from ddpm.train import train
 
-    run = _run_config(args)
-    summary = train(run.config, run.id, args.data, args.out)
+    cfg, document = _job(args, "train")
+    network = document["instance"] or "default"
+    summary = train(
+        cfg,
+        network,
+        args.data,
+        args.out,
+        identity=document,
+        restart_if_changed=args.restart_if_changed,
+    )
+    loss = summary["final_loss"]
     print(
-        f"{run.id}: {summary['steps']} steps, {summary['images_per_s'] or 0:.0f} images/s, "
-        f"final loss {summary['final_loss']:.4f}; wrote {args.out}"
+        f"{network}: {summary['steps']} steps, {summary['images_per_s'] or 0:.0f} images/s, "
+        f"final loss {'-' if loss is None else f'{loss:.4f}'}; wrote {args.out}"
     )
 
 
 def cmd_sample(args) -> None:
     from ddpm.sampling import generate
 
-    run = _run_config(args)
-    summary = generate(run.config, run.id, args.ckpt, args.out)
+    cfg, document = _job(args, "sample")
+    variant = document["instance"] or "default"
+    summary = generate(cfg, variant, args.ckpt, args.out)
     print(
-        f"{run.id}: {summary['num_images']} images at {summary['images_per_s']:.1f} images/s "
+        f"{variant}: {summary['num_images']} images at {summary['images_per_s']:.1f} images/s "
         f"({summary['nfe_per_image']} network evaluations each); wrote {args.out}"
     )
 
 
-def cmd_fetch_weights(args) -> None:
-    from ddpm.metrics import fetch_weights
+def cmd_inception_weights(args) -> None:
+    from ddpm.metrics import fetch_weights, make_test_inception
 
-    ec = _config(args).evaluate
-    info = fetch_weights(ec.weights_url, args.out, ec.weights_sha256_prefix)
-    print(f"{args.out}: sha256 {info['sha256']}")
+    ec = _job(args, "inception_weights")[0].evaluate
+    if ec.inception_source == "test":
+        info = make_test_inception(args.out)
+        print(
+            f"{args.out}: random-weight InceptionV3, sha256 {info['sha256']}; FIDs computed "
+            "with it are not comparable with published numbers"
+        )
+    else:
+        info = fetch_weights(ec.weights_url, args.out, ec.weights_sha256_prefix)
+        print(f"{args.out}: sha256 {info['sha256']}")
 
 
 def cmd_make_test_inception(args) -> None:
@@ -142,7 +201,8 @@ def cmd_make_test_inception(args) -> None:
 def cmd_reference_stats(args) -> None:
     from ddpm.metrics import reference_stats
 
-    meta = reference_stats(_config(args).evaluate, args.data, args.weights, args.out)
+    ec = _job(args, "reference_stats")[0].evaluate
+    meta = reference_stats(ec, args.data, args.weights, args.out)
     print(
         f"{args.out}: {meta['n_real']} real images; real-vs-real floor FID "
         f"{meta['floor']['fid']:.3f}, KID {meta['floor']['kid_mean']:.5f}"
@@ -152,7 +212,8 @@ def cmd_reference_stats(args) -> None:
 def cmd_evaluate(args) -> None:
     from ddpm.metrics import evaluate
 
-    m = evaluate(_config(args).evaluate, args.samples, args.reference, args.weights, args.out)
+    ec = _job(args, "evaluate")[0].evaluate
+    m = evaluate(ec, args.samples, args.reference, args.weights, args.out)
     print(
         f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}, "
         f"IS {m['is_mean']:.3f} +- {m['is_std']:.3f}, KID {m['kid_mean']:.5f} +- "
@@ -163,7 +224,7 @@ def cmd_evaluate(args) -> None:
 def cmd_summary(args) -> None:
     from ddpm.report import write_summary
 
-    rows = write_summary(_config(args), args.runs, args.out)
+    rows = write_summary(_job(args, "summary")[0], args.runs, args.out)
     for r in rows:
         fid = f"FID {r['fid']:.3f}" if r.get("fid") is not None else "no metrics"
         print(f"{r['run_id']:40s} {r['status']:10s} {fid}")
@@ -173,7 +234,7 @@ def cmd_summary(args) -> None:
 def cmd_report(args) -> None:
     from ddpm.report import build_report
 
-    context = build_report(_config(args), args.runs, args.out, data_path=args.data)
+    context = build_report(_job(args, "report")[0], args.runs, args.out, data_path=args.data)
     failed = len(context["failed"])
     print(
         f"wrote {args.out}: {len(context['rows'])} runs"
@@ -186,11 +247,7 @@ def cmd_dvc_yaml(args) -> None:
 
     if args.set:
         raise PipelineError("dvc-yaml reads the config file as DVC will; --set is not supported")
-    text = render_file(args.config)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
+    _write_or_print(render_file(args.config), args.out)
 
 
 @dataclass(frozen=True)
@@ -198,11 +255,11 @@ class Command:
     run: Callable
     help: str
     required: tuple[tuple[str, str], ...] = ()  # (flag, help) of required options
-    optional: tuple[tuple, ...] = ()  # (flag, help) or (flag, help, type)
-    reads_config: bool = True  # takes --config and --set
+    optional: tuple[tuple, ...] = ()  # (flag, help) or (flag, help, type); type bool = a switch
+    kind: str = "config"  # "config": --config/--set; "stage": also --settings/--run/--tune; ""
 
 
-RUN = ("--run", "run id (see `python -m ddpm runs`)")
+RUN = ("--run", "network id, or network/variant (see `python -m ddpm runs`); with --config")
 DATA = ("--data", "preprocessed dataset (.npy)")
 WEIGHTS = ("--weights", "Inception weights file")
 
@@ -211,73 +268,96 @@ COMMANDS = {
         cmd_schema,
         "write the config's JSON schema (YAML)",
         optional=(("--out", "file to write (default: stdout)"),),
-        reads_config=False,
+        kind="",
     ),
     "config-docs": Command(
         cmd_config_docs,
         "write config/README.md (every key explained)",
         optional=(("--out", "file to write (default: stdout)"),),
-        reads_config=False,
+        kind="",
     ),
     "config": Command(
         cmd_config,
-        "validate a config and print it resolved (a dry run)",
-        optional=(("--run", "print this run's resolved config"),),
+        "validate a config and print it resolved, with its networks and variants (a dry run)",
+        optional=(("--run", "print this network's or network/variant's resolved config"),),
     ),
-    "runs": Command(cmd_runs, "list the run ids of the config's grid"),
+    "runs": Command(cmd_runs, "list the network/variant ids of the config's grid"),
+    "settings": Command(
+        cmd_settings,
+        "write every stage's settings file (what each job reads and is fingerprinted by)",
+        (("--out", "folder to write them to (the pipeline uses RESULTS/settings)"),),
+        (("--dvc-yaml", "first check that this dvc.yaml was generated from the config"),),
+    ),
     "download": Command(
         cmd_download,
         "fetch and verify the Flowers-102 files",
         (("--out", "folder for the downloaded files"),),
+        kind="stage",
     ),
     "preprocess": Command(
         cmd_preprocess,
         "build the uint8 dataset tensor and its manifest",
         (("--out", "dataset file to write (.npy)"),),
         (("--raw", "download folder (data.source: flowers102)"),),
+        kind="stage",
     ),
     "train": Command(
         cmd_train,
-        "train one run of the grid (resumes from its checkpoint)",
-        (RUN, DATA, ("--out", "run folder to write")),
+        "train one network of the grid (resumes from its checkpoint)",
+        (DATA, ("--out", "the network's folder")),
+        (
+            (
+                "--restart-if-changed",
+                "set aside a checkpoint trained with other settings, code or data (as "
+                "checkpoint.stale.pt) and train from scratch, instead of refusing",
+                bool,
+            ),
+        ),
+        kind="stage",
     ),
     "sample": Command(
         cmd_sample,
-        "sample images from a trained run's EMA weights",
-        (RUN, ("--ckpt", "final.pt of the run"), ("--out", "run folder to write")),
+        "sample images from a trained network's EMA weights",
+        (("--ckpt", "the network's final.pt"), ("--out", "the variant's folder")),
+        kind="stage",
     ),
-    "fetch-weights": Command(
-        cmd_fetch_weights,
-        "download and verify the FID Inception weights",
+    "inception-weights": Command(
+        cmd_inception_weights,
+        "the FID Inception weights: download and verify them, or build seeded random test ones "
+        "(evaluate.inception_source)",
         (("--out", "weights file to write"),),
+        kind="stage",
     ),
     "make-test-inception": Command(
         cmd_make_test_inception,
         "build seeded random Inception weights (offline tests, demos)",
         (("--out", "weights file to write"),),
         (("--seed", "seed of the weights (default 0)", int),),
-        reads_config=False,
+        kind="",
     ),
     "reference-stats": Command(
         cmd_reference_stats,
         "real-image features, computed once",
         (DATA, WEIGHTS, ("--out", "reference file to write")),
+        kind="stage",
     ),
     "evaluate": Command(
         cmd_evaluate,
-        "FID, IS and KID of a run's samples",
+        "FID, IS and KID of a variant's samples",
         (
-            ("--samples", "samples.npz of a run"),
+            ("--samples", "samples.npz of a variant"),
             ("--reference", "reference statistics file"),
             WEIGHTS,
-            ("--out", "metrics.json to write"),
+            ("--out", "the variant's folder (metrics.json, evaluation.json)"),
         ),
+        kind="stage",
     ),
     "report": Command(
         cmd_report,
         "the HTML report comparing every run of the grid",
-        (("--runs", "folder holding one folder per run"), ("--out", "HTML file to write")),
+        (("--runs", "folder holding one folder per network"), ("--out", "HTML file to write")),
         (("--data", "preprocessed dataset, for the memorisation check"),),
+        kind="stage",
     ),
     "dvc-yaml": Command(
         cmd_dvc_yaml,
@@ -287,7 +367,8 @@ COMMANDS = {
     "summary": Command(
         cmd_summary,
         "one CSV table comparing every run of the grid",
-        (("--runs", "folder holding one folder per run"), ("--out", "CSV file to write")),
+        (("--runs", "folder holding one folder per network"), ("--out", "CSV file to write")),
+        kind="stage",
     ),
 }
 
@@ -297,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
-        if command.reads_config:
-            p.add_argument("--config", required=True, help="YAML config file")
+        if command.kind:
+            p.add_argument("--config", required=command.kind == "config", help="YAML config file")
             p.add_argument(
                 "--set",
                 action="append",
@@ -306,10 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="KEY=VALUE",
                 help="override a config key (dotted, e.g. train.steps=100); repeatable",
             )
+        if command.kind == "stage":
+            p.add_argument("--settings", help="the stage's settings file (the pipeline writes it)")
+            p.add_argument(*RUN[:1], help=RUN[1])
+            p.add_argument(
+                "--tune",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE[,...]",
+                help="settings that cannot change a result (e.g. data.workers)",
+            )
+            p.add_argument("--tune-from", help="read those settings from this config file")
         for flag, help_text in command.required:
             p.add_argument(flag, required=True, help=help_text)
         for flag, help_text, *kind in command.optional:
-            p.add_argument(flag, help=help_text, type=kind[0] if kind else str)
+            if kind and kind[0] is bool:
+                p.add_argument(flag, action="store_true", help=help_text)
+            else:
+                p.add_argument(flag, help=help_text, type=kind[0] if kind else str)
     return parser
 
 

@@ -168,7 +168,7 @@ class EvaluateConfig:
     inception_source: Literal["download", "test"] = setting(
         "download", "download the real weights, or build seeded random test weights (offline demo)"
     )
-    weights_url: str = setting(INCEPTION_URL, "where fetch-weights downloads the weights")
+    weights_url: str = setting(INCEPTION_URL, "where the inception-weights stage downloads them")
     weights_sha256_prefix: str = setting(
         "6726825d", "leading hex digits of the weights' sha256 (torch hub convention)"
     )
@@ -375,16 +375,44 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
 
 
+class UndeclaredSettingError(RuntimeError):
+    """A stage used a setting that its entry in `ddpm.stages` does not declare (a bug)."""
+
+
+class Unread:
+    """Stands in for a setting that a stage does not declare: any use of it raises, so a stage
+    can never silently run on a default instead of the setting it should have declared."""
+
+    def __init__(self, key: str, stage: str):
+        self._key, self._stage = key, stage
+
+    def _refuse(self, *args, **kwargs):
+        raise UndeclaredSettingError(
+            f"stage '{self._stage}' used the setting {self._key}, which its entry in "
+            "ddpm/stages.py does not declare; add it to the stage's `reads`"
+        )
+
+    def __repr__(self) -> str:
+        return f"<unread {self._key}>"
+
+    __getattr__ = __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+    __hash__ = __int__ = __float__ = __index__ = __iter__ = __len__ = __format__ = _refuse
+    __str__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = _refuse
+    __getitem__ = __contains__ = _refuse
+
+
 # ---------------------------------------------------------------------------------------------
 # Dotted keys, the grid, loading.
 
 
-def _leaf_keys(cls=Config, prefix: str = "") -> list[str]:
+def leaf_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every setting's dotted key (`grid` excluded), in declaration order."""
     keys = []
     for name, (_, tp) in _fields(cls).items():
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
-            keys += _leaf_keys(tp, key + ".")
+            keys += leaf_keys(tp, key + ".")
         elif name != "grid":
             keys.append(key)
     return keys
@@ -392,7 +420,7 @@ def _leaf_keys(cls=Config, prefix: str = "") -> list[str]:
 
 def resolve_key(key: str) -> str:
     """Full dotted path of a grid or override key; a unique leaf name (`T`) is accepted too."""
-    leaves = _leaf_keys()
+    leaves = leaf_keys()
     if key in leaves:
         return key
     matches = [k for k in leaves if k.rsplit(".", 1)[-1] == key]
@@ -423,40 +451,51 @@ def _format_value(v: GridValue) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def run_id(params: dict[str, GridValue]) -> str:
+    """`T~1000_schedule~cosine`: grid values joined in grid order; `default` for none."""
+    parts = []
+    for key, v in params.items():
+        text = _format_value(v)
+        if not _ID_SAFE.match(text):
+            raise ConfigError(
+                f"grid.{key}: value {v!r} cannot appear in a run id "
+                "(use letters, digits, '.', '+' and '-')"
+            )
+        parts.append(f"{key}~{text}")
+    return "_".join(parts) if parts else "default"
+
+
+def with_value(cfg, dotted: str, value: Any, prefix: str = ""):
+    """A copy of a config with one setting replaced, validated like the YAML's values. Other
+    settings are kept as they are (an `Unread` stays unread)."""
+    head, _, rest = dotted.partition(".")
+    f, tp = _fields(type(cfg))[head]
+    key = prefix + head
+    if rest:
+        return dataclasses.replace(
+            cfg, **{head: with_value(getattr(cfg, head), rest, value, key + ".")}
+        )
+    coerced = _coerce(value, tp, key)
+    _check_bounds(coerced, f.metadata, key)
+    return dataclasses.replace(cfg, **{head: coerced})
+
+
 def expand_grid(cfg: Config) -> list[Run]:
-    """The runs of the grid, sorted by id; `{}` gives one run with id `default`."""
-    base = to_dict(cfg)
+    """Every combination of the grid's values, validated, sorted by id (`{}`: one run)."""
     axes = list(cfg.grid.items())
+    base = dataclasses.replace(cfg, grid={})
     runs = []
     for values in itertools.product(*(vals for _, vals in axes)):
         params = dict(zip((k for k, _ in axes), values, strict=True))
-        parts = []
-        raw = json.loads(json.dumps(base))
-        raw["grid"] = {}
+        run_cfg = base
         for key, v in params.items():
-            text = _format_value(v)
-            if not _ID_SAFE.match(text):
-                raise ConfigError(
-                    f"grid.{key}: value {v!r} cannot appear in a run id "
-                    "(use letters, digits, '.', '+' and '-')"
-                )
-            parts.append(f"{key}~{text}")
-            _set_dotted(raw, resolve_key(key), v)
-        run_id = "_".join(parts) if parts else "default"
-        run_cfg = _build(Config, raw, "")
+            run_cfg = with_value(run_cfg, resolve_key(key), v)
         _check_consistency(run_cfg)
-        runs.append(Run(run_id, params, run_cfg))
+        runs.append(Run(run_id(params), params, run_cfg))
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"grid: values give duplicate run ids: {sorted(ids)}")
     return sorted(runs, key=lambda r: r.id)
-
-
-def get_run(cfg: Config, run_id: str) -> Run:
-    runs = {r.id: r for r in expand_grid(cfg)}
-    if run_id not in runs:
-        raise ConfigError(f"run '{run_id}' is not in the grid; runs: {', '.join(runs)}")
-    return runs[run_id]
 
 
 def config_from_dict(raw: dict | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -489,39 +528,43 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ConfigError(f"{path}: {e}") from None
 
 
-def to_dict(cfg) -> dict:
-    """A JSON-ready dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+def to_dict(cfg, skip_unread: bool = False) -> dict:
+    """A JSON-ready dict of a config (tuples become lists). A stage's config holds `Unread`
+    settings; with `skip_unread` they are left out, otherwise they raise."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value, skip_unread)
+        elif isinstance(value, Unread):
+            if not skip_unread:
+                value._refuse()
+        else:
+            out[f.name] = json.loads(json.dumps(value))
+    return out
 
 
 def config_hash(cfg) -> str:
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps(to_dict(cfg, skip_unread=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Keys that change neither the trained weights nor the batches they saw: a checkpoint stays valid
-# (and resumable) when only these differ. More steps may be asked of a resumed run.
-NON_TRAINING_KEYS = (
-    "results_dir",
-    "grid",
-    "train.steps",
-    "train.epochs",
-    "train.max_minutes",
-    "train.checkpoint_every",
-    "train.log_every",
-    "train.preview_every",
-    "train.device",
-    "train.compile",
-    "data.workers",
-    "data.skip_corrupt",
-    "sample.",
-    "evaluate.",
-    "report.",
-)
+def restricted_config(raw: dict, allowed: set[str], stage: str) -> Config:
+    """A `Config` from a partial dict (a stage's settings), validated key by key, in which every
+    setting outside `allowed` (dotted keys; `grid` included) is an `Unread`."""
 
+    def poison(obj, prefix: str):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            key = f"{prefix}{f.name}"
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                changes[f.name] = poison(value, key + ".")
+            elif key not in allowed:
+                changes[f.name] = Unread(key, stage)
+        return dataclasses.replace(obj, **changes)
 
-def training_changes(saved: dict, current: dict) -> list[str]:
-    """Dotted keys of two config dicts that differ in a way that changes what a run trains."""
-    return [k for k in diff_keys(saved, current) if not k.startswith(NON_TRAINING_KEYS)]
+    return poison(_build(Config, json.loads(json.dumps(raw)), ""), "")
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -614,15 +657,33 @@ the config then fails with a message that says so.
 ## The grid
 
 `grid` maps config keys to lists of values; every combination is one run. A key is a dotted
-path (`diffusion.schedule`) or a leaf name that is unique (`T`, `schedule`, `objective`); the
-run id joins `key~value` pairs with `_`, e.g. `T~1000_schedule~cosine`. Each run's config is the
-shared config with its grid values applied, and is validated before anything runs.
+path (`diffusion.schedule`) or a leaf name that is unique (`T`, `schedule`, `objective`). Each
+run's config is the shared config with its grid values applied, and is validated before
+anything runs.
+
+An axis that training reads (a `model`, `diffusion` or `train` key) makes *networks*; an axis
+that only sampling or evaluation reads (`sample.method`, `sample.steps`, `sample.eta`, ...) makes
+*sampler variants* that reuse the trained networks, so it never trains anything new:
 
 ```yaml
 grid:
-  T: [350, 1000]
+  T: [350, 1000]              # networks: runs/T~350_schedule~linear/, ...
   schedule: [linear, cosine]
+  sample.steps: [50, 250]     # variants: runs/T~350_schedule~linear/sample.steps~50/, ...
+sample:
+  method: ddim
 ```
+
+Ids join `key~value` pairs with `_`; with no axis of a kind the id is `default`. Settings that
+one stage computes for every run (`data.*`, the reference statistics' `evaluate.*`) and
+settings that cannot change a result cannot be axes; the error says which.
+
+## What reruns when a key changes
+
+Each stage reads a fixed set of keys (`ddpm/stages.py`); changing a key reruns exactly the
+stages that read it and what depends on their outputs, under Snakemake and DVC alike. These
+keys change only how fast a result is made, never the result, so changing them reruns
+nothing: {tuning}.
 
 ## Every key
 
@@ -636,7 +697,9 @@ def _type_name(tp) -> str:
 
 def config_reference_markdown() -> str:
     """config/README.md: an introduction and one table per section, from the declarations."""
-    lines = [CONFIG_README_INTRO]
+    from ddpm.stages import TUNING  # local import: stages imports this module
+
+    lines = [CONFIG_README_INTRO.replace("{tuning}", ", ".join(f"`{k}`" for k in TUNING))]
     sections = [("", Config)] + [
         (name, tp) for name, (_, tp) in _fields(Config).items() if dataclasses.is_dataclass(tp)
     ]

@@ -1,15 +1,14 @@
-"""Data: download Flowers-102, preprocess any source to one uint8 tensor file, load it back.
+"""Data: download Flowers-102 and preprocess any source to one uint8 tensor file.
 
 The preprocessed dataset is `NAME.npy` (uint8, [N x 3 x S x S]) with `NAME.json` beside it: a
 manifest holding the count, per-split counts, the preprocessing parameters, the source checksums
-and the sha256 of the tensor file, which `load_dataset` verifies.
+and the sha256 of the tensor file. Reading it back is `ddpm.dataset`'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -28,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm import __version__
-from ddpm.errors import PipelineError
+from ddpm.dataset import DataError, manifest_path
 from ddpm.files import atomic_path, atomic_write_json, file_digest
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -38,14 +37,6 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-
-class DataError(PipelineError):
-    pass
-
-
-def manifest_path(tensor_path: str | Path) -> Path:
-    return Path(tensor_path).with_suffix(".json")
 
 
 # -- download ------------------------------------------------------------------------------------
@@ -512,33 +503,3 @@ def preprocess(
     manifest = _finish_manifest(manifest, shape, sha256)
     atomic_write_json(manifest_path(out_file), manifest)
     return manifest
-
-
-def read_manifest(tensor_path: str | Path) -> dict:
-    path = manifest_path(tensor_path)
-    if not path.exists():
-        raise DataError(f"{path} is missing: {tensor_path} is incomplete; run preprocess again")
-    return json.loads(path.read_text())
-
-
-def load_dataset(path: str | Path, device="cpu", verify: bool = True):
-    """The uint8 dataset [N x 3 x S x S] as a torch tensor on `device`, checked against its
-    manifest's sha256. Returns (images, manifest)."""
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset file {path} does not exist; run `python -m ddpm preprocess`")
-    manifest = read_manifest(path)
-    data = path.read_bytes()
-    if verify and hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise DataError(
-            f"{path} does not match the sha256 in {manifest_path(path)}: the file was changed or "
-            "truncated after preprocessing; run `python -m ddpm preprocess` again"
-        )
-    images = np.load(io.BytesIO(data))
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise DataError(
-            f"{path}: expected uint8 [N x 3 x S x S], got {images.dtype} {images.shape}"
-        )
-    return torch.from_numpy(images).to(device), manifest

@@ -1,8 +1,13 @@
-"""`dvc.yaml` for the same stages as the Snakemake workflow, with the same commands and paths.
+"""`dvc.yaml`, rendered from the stage table (`ddpm.stages`) for one config file.
 
-The file is generated (`python -m ddpm dvc-yaml`) because its matrix axes follow the config's
-grid keys. DVC itself reads the grid's values, the results folder and the stage parameters from
-the config (`vars:`, `params:`), so both tools build the same run ids and paths from one file.
+Every stage but the first reads a settings file and depends on it, exactly as under Snakemake;
+the first stage, `settings`, writes those files from the config and the package's code (and
+refuses to run when this file no longer matches the config). DVC compares files by content,
+so a config or code edit reruns `settings`, and then exactly the stages whose settings file
+changed, and what depends on their outputs.
+
+Everything a later stage or the report needs is a cached output, so `dvc push` / `dvc pull`
+carry it all: nothing needed lives only in an ignored, uncached file.
 """
 
 from __future__ import annotations
@@ -12,12 +17,29 @@ from pathlib import Path
 
 import yaml
 
-from ddpm.config import Config, expand_grid, load_config
+from ddpm.config import Config, load_config
+from ddpm.errors import PipelineError
+from ddpm.stages import (
+    DEFAULT_ID,
+    Plan,
+    Stage,
+    command_args,
+    expand,
+    fill,
+    plan,
+    settings_path,
+    table,
+)
 
 HEADER = (
-    "# Generated from {config} by `python -m ddpm dvc-yaml --config {config} --out dvc.yaml`;\n"
-    "# regenerate after changing the grid (a test checks that this file is current).\n"
+    "# Generated from {config} by `python -m ddpm dvc-yaml --config {config} --out dvc.yaml`.\n"
+    "# Regenerate it after changing the grid or results_dir: its first stage refuses to run\n"
+    "# while it does not match the config.\n"
 )
+# Outputs that DVC shows as metrics (numbers only); every other output is a plain cached out.
+METRICS = {("evaluate", "metrics")}
+# The package files that decide how settings files are written, besides the stages' own code.
+SETTINGS_CODE = ("config.py", "stages.py", "dvcfile.py")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -25,139 +47,102 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def _matrix_name(key: str) -> str:
+    return re.sub(r"\W", "_", key)
 
 
-def _axis(key: str, values: list) -> tuple[str, object]:
-    """Matrix name and values of a grid axis: interpolated from the config when DVC can
-    address the key, else written out (dotted keys, booleans)."""
-    name = re.sub(r"\W", "_", key)
-    if _IDENTIFIER.match(key) and not any(isinstance(v, bool) for v in values):
-        return name, f"${{grid.{key}}}"
-    return name, [str(v).lower() if isinstance(v, bool) else v for v in values]
+def _value(v):
+    return str(v).lower() if isinstance(v, bool) else v
+
+
+def _id_expression(axes: list[str]) -> str:
+    """The id of a network or variant as DVC interpolates it from `${item.<axis>}`."""
+    return "_".join(f"{key}~${{item.{_matrix_name(key)}}}" for key in axes) or DEFAULT_ID
+
+
+def _stage_entry(stage: Stage, cfg: Config, the_plan: Plan, config_path: str) -> dict:
+    if stage.scope == "network":
+        axes = the_plan.network_axes
+        instance = _id_expression(axes)
+    elif stage.scope == "variant":
+        axes = the_plan.network_axes + the_plan.variant_axes
+        instance = (
+            f"{_id_expression(the_plan.network_axes)}/{_id_expression(the_plan.variant_axes)}"
+        )
+    else:
+        axes, instance = [], ""
+
+    def path(template: str) -> str:
+        return fill(template, instance) if instance else template
+
+    cmd = ["python", "-m", "ddpm", stage.command, "--settings", settings_path(cfg, stage, instance)]
+    if stage.tunes:
+        cmd += ["--tune-from", config_path]
+    cmd += command_args(stage, path)
+    deps = [settings_path(cfg, stage, instance)]
+    for template in stage.deps.values():
+        deps += expand(template, the_plan) if stage.scope == "all" else [path(template)]
+    outs: list = [path(t) for name, t in stage.outs.items() if (stage.name, name) not in METRICS]
+    outs += [{path(t): {"persist": True}} for t in stage.persist.values()]
+    entry: dict = {}
+    if axes:
+        entry["matrix"] = {_matrix_name(k): [_value(v) for v in cfg.grid[k]] for k in axes}
+    entry.update(cmd=" ".join(cmd), deps=list(dict.fromkeys(deps)), outs=outs)
+    metrics = [path(t) for name, t in stage.outs.items() if (stage.name, name) in METRICS]
+    if metrics:
+        entry["metrics"] = metrics
+    return entry
+
+
+def render(cfg: Config, config_path: str) -> str:
+    """The text of dvc.yaml for the config at `config_path` (relative to the repository)."""
+    the_plan = plan(cfg)
+    stages = table(cfg)
+    settings_dir = f"{cfg.results_dir}/settings"
+    code = sorted({c for s in stages.values() for c in s.code} | set(SETTINGS_CODE))
+    entries: dict[str, dict] = {
+        "settings": {
+            "cmd": f"python -m ddpm settings --config {config_path} --dvc-yaml dvc.yaml "
+            f"--out {settings_dir}",
+            "deps": [config_path] + [f"ddpm/{name}" for name in code],
+            "outs": [settings_dir],
+        }
+    }
+    for stage in stages.values():
+        entries[stage.name] = _stage_entry(stage, cfg, the_plan, config_path)
+    logs = expand(stages["train"].outs["log"], the_plan)
+    doc = {
+        "stages": entries,
+        "plots": [
+            {
+                "Training loss": {
+                    "template": "linear",
+                    "x": "step",
+                    "y": {log: "loss" for log in logs},
+                }
+            }
+        ],
+    }
+    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
+    return HEADER.format(config=config_path) + text
 
 
 def render_file(config_path: str | Path) -> str:
     """dvc.yaml for a config file; `config_path` as the commands should name it."""
-    raw = yaml.safe_load(Path(config_path).read_text()) or {}
-    return render(load_config(config_path), str(config_path), set(raw))
+    return render(load_config(config_path), str(config_path))
 
 
-def render(cfg: Config, config_path: str, sections: set[str]) -> str:
-    """The text of dvc.yaml for the config at `config_path` (relative to the repository);
-    `sections` are the config file's top-level keys (DVC can only track those as params)."""
-
-    def params(*names: str) -> dict:
-        present = [n for n in names if n in sections]
-        return {"params": [{config_path: present}]} if present else {}
-
-    r = "${results_dir}"
-    ddpm = f"python -m ddpm {{}} --config {config_path}"
-    data, manifest = f"{r}/data/dataset.npy", f"{r}/data/dataset.json"
-    weights = cfg.evaluate.inception_weights
-    stages: dict[str, dict] = {}
-
-    raw = [f"{r}/raw/{name}" for name in cfg.data.md5]
-    if cfg.data.source == "flowers102":
-        stages["download"] = {"cmd": ddpm.format("download") + f" --out {r}/raw", "outs": raw}
-    stages["preprocess"] = {
-        "cmd": ddpm.format("preprocess")
-        + (f" --raw {r}/raw" if cfg.data.source == "flowers102" else "")
-        + f" --out {data}",
-        "deps": raw if cfg.data.source == "flowers102" else [],
-        **params("data"),
-        "outs": [data, manifest],
-    }
-    if not stages["preprocess"]["deps"]:
-        del stages["preprocess"]["deps"]
-    if cfg.evaluate.inception_source == "test":
-        weights_cmd = f"python -m ddpm make-test-inception --out {weights}"
-    else:
-        weights_cmd = ddpm.format("fetch-weights") + f" --out {weights}"
-    stages["inception_weights"] = {"cmd": weights_cmd, "outs": [weights]}
-    reference = f"{r}/reference.pt"
-    stages["reference_stats"] = {
-        "cmd": ddpm.format("reference-stats")
-        + f" --data {data} --weights {weights}"
-        + f" --out {reference}",
-        "deps": [data, weights],
-        **params("evaluate"),
-        "outs": [reference],
-    }
-
-    matrix = dict(_axis(k, v) for k, v in cfg.grid.items())
-    run_id = (
-        "_".join(f"{key}~${{item.{name}}}" for key, name in zip(cfg.grid, matrix, strict=True))
-        or "default"
-    )
-    run_dir = f"{r}/runs/{run_id}"
-
-    def per_run(stage: dict) -> dict:
-        return {"matrix": matrix, **stage} if matrix else stage
-
-    stages["train"] = per_run(
-        {
-            "cmd": ddpm.format("train") + f" --run {run_id} --data {data} --out {run_dir}",
-            "deps": [data],
-            **params("data", "model", "diffusion", "train"),
-            "outs": [
-                f"{run_dir}/final.pt",
-                f"{run_dir}/train_summary.json",
-                {f"{run_dir}/checkpoint.pt": {"persist": True}},
-            ],  # kept for resuming
-            "plots": [
-                {
-                    f"{run_dir}/train_log.csv": {
-                        "cache": False,
-                        "persist": True,
-                        "x": "step",
-                        "y": "loss",
-                    }
-                }
-            ],
-        }
-    )
-    stages["sample"] = per_run(
-        {
-            "cmd": ddpm.format("sample")
-            + f" --run {run_id} --ckpt {run_dir}/final.pt"
-            + f" --out {run_dir}",
-            "deps": [f"{run_dir}/final.pt"],
-            **params("sample"),
-            "outs": [
-                f"{run_dir}/samples.npz",
-                f"{run_dir}/grid.png",
-                f"{run_dir}/trajectory.png",
-                {f"{run_dir}/sample_summary.json": {"cache": False}},
-            ],
-        }
-    )
-    stages["evaluate"] = per_run(
-        {
-            "cmd": ddpm.format("evaluate")
-            + f" --samples {run_dir}/samples.npz"
-            + f" --reference {reference} --weights {weights} --out {run_dir}/metrics.json",
-            "deps": [f"{run_dir}/samples.npz", reference, weights],
-            "metrics": [{f"{run_dir}/metrics.json": {"cache": False}}],
-        }
-    )
-    summary = f"{r}/summary.csv"
-    stages["summary"] = {
-        "cmd": ddpm.format("summary") + f" --runs {r}/runs --out {summary}",
-        "deps": [f"{r}/runs/{run.id}/metrics.json" for run in expand_grid(cfg)],
-        "outs": [{summary: {"cache": False}}],
-    }
-    runs = [f"{r}/runs/{run.id}" for run in expand_grid(cfg)]
-    stages["report"] = {
-        "cmd": ddpm.format("report") + f" --runs {r}/runs --data {data} --out {r}/report.html",
-        "deps": [data]
-        + [
-            f"{d}/{name}"
-            for d in runs
-            for name in ("metrics.json", "train_summary.json", "samples.npz", "trajectory.png")
-        ],
-        "outs": [{f"{r}/report.html": {"cache": False}}],
-    }
-    doc = {"vars": [f"{config_path}:grid,results_dir"], "stages": stages}
-    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
-    return HEADER.format(config=config_path) + text
+def check_current(config_path: str | Path, dvc_yaml: str | Path) -> None:
+    """Refuse to go on when `dvc_yaml` was generated from another grid, results_dir or stage
+    table than `config_path` now gives (DVC would run the wrong set of stages)."""
+    expected = render_file(config_path)
+    try:
+        current = Path(dvc_yaml).read_text()
+    except OSError as e:
+        raise PipelineError(f"cannot read {dvc_yaml}: {e}") from None
+    if current != expected:
+        raise PipelineError(
+            f"{dvc_yaml} does not match {config_path} (its grid, results_dir or the stage table "
+            f"changed). Regenerate it with `python -m ddpm dvc-yaml --config {config_path} "
+            f"--out {dvc_yaml}` and run `dvc repro` again."
+        )

@@ -11,6 +11,7 @@ reference file keyed by the dataset's sha256 and the weights' sha256.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import tempfile
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm.data import load_dataset, read_manifest
+from ddpm.dataset import load_dataset, read_manifest
 from ddpm.devices import select_device
 from ddpm.errors import PipelineError
 from ddpm.files import atomic_write_bytes, atomic_write_json, file_digest, load_torch, save_torch
@@ -30,6 +31,8 @@ from ddpm.files import atomic_write_bytes, atomic_write_json, file_digest, load_
 FEATURES = ["2048", "logits_unbiased"]
 EXTRACTOR = "torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat) via torchmetrics"
 RESIZE = "bilinear like TF1 (torchmetrics antialias=False)"
+METRICS = "metrics.json"  # numbers only: what `dvc metrics show` prints
+EVALUATION = "evaluation.json"  # how they were computed: notes, extractor, weights, timing
 FULL_RANK_N = 2048  # FID needs more samples than feature dimensions for a full-rank covariance
 
 
@@ -45,9 +48,9 @@ def weights_info(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise MetricsError(
-            f"Inception weights {path} not found. Fetch the real ones with "
-            f"`python -m ddpm fetch-weights --config CONFIG --out {path}`, or for offline tests "
-            f"and demos build random ones with `python -m ddpm make-test-inception --out {path}` "
+            f"Inception weights {path} not found. Fetch the real ones with `python -m ddpm "
+            f"inception-weights --config CONFIG --out {path}`, or for offline tests and demos "
+            f"build random ones with `python -m ddpm make-test-inception --out {path}` "
             f"(their FIDs are not comparable with published numbers)."
         )
     sidecar = path.with_name(path.name + ".json")
@@ -66,25 +69,28 @@ def check_weights(path: str | Path, sha256_prefix: str) -> dict:
         raise MetricsError(
             f"{path} has sha256 {info['sha256'][:16]}..., expected it to start with "
             f"{sha256_prefix} (torch-fidelity's FID Inception weights). Fetch them again with "
-            f"`python -m ddpm fetch-weights`."
+            f"`python -m ddpm inception-weights`."
         )
     return info
 
 
 def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
-    """Download the FID Inception weights once, verify the sha256 prefix, write atomically."""
+    """Download the FID Inception weights once, verify the sha256 prefix, write atomically,
+    with a sidecar `OUT.json` saying where they came from (the pipeline tracks both files)."""
     out = Path(out)
-    if out.exists() and file_digest(out).startswith(sha256_prefix):
-        return weights_info(out)
-    try:
-        with urllib.request.urlopen(url, timeout=120) as r:
-            data = r.read()
-    except OSError as e:
-        raise MetricsError(f"could not download {url}: {e}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if not digest.startswith(sha256_prefix):
-        raise MetricsError(f"{url}: sha256 {digest[:16]}... does not start with {sha256_prefix}")
-    atomic_write_bytes(out, data)
+    if not (out.exists() and file_digest(out).startswith(sha256_prefix)):
+        try:
+            with urllib.request.urlopen(url, timeout=120) as r:
+                data = r.read()
+        except (OSError, http.client.HTTPException) as e:  # IncompleteRead: cut off mid-file
+            raise MetricsError(f"could not download {url}: {e!r}; try again") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if not digest.startswith(sha256_prefix):
+            raise MetricsError(
+                f"{url}: sha256 {digest[:16]}... does not start with {sha256_prefix}"
+            )
+        atomic_write_bytes(out, data)
+    atomic_write_json(out.with_name(out.name + ".json"), {"kind": "torch-fidelity", "url": url})
     return weights_info(out)
 
 
@@ -97,7 +103,7 @@ def load_inception(weights: str | Path, device: torch.device) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - torch.load and load_state_dict raise many kinds
         raise MetricsError(
             f"{weights} does not hold torch-fidelity's InceptionV3 weights ({str(e)[:200]}); "
-            "use `python -m ddpm fetch-weights` or `python -m ddpm make-test-inception`"
+            "use `python -m ddpm inception-weights` or `python -m ddpm make-test-inception`"
         ) from None
     net = net.to(device)
     if device.type == "cpu":
@@ -271,10 +277,12 @@ def evaluate(
     samples: str | Path,
     reference: str | Path,
     weights: str | Path,
-    out: str | Path,
+    out_dir: str | Path,
     progress: bool = True,
 ) -> dict:
-    """FID, IS and KID of `samples` against the cached `reference`; writes metrics.json."""
+    """FID, IS and KID of `samples` against the cached `reference`. Writes `metrics.json` (the
+    numbers, for `dvc metrics show`) and `evaluation.json` (how they were computed) into
+    `out_dir`; returns both merged."""
     info = check_weights(weights, eval_cfg.weights_sha256_prefix)
     ref = _load_reference(reference)
     if ref["weights_sha256"] != info["sha256"]:
@@ -295,8 +303,19 @@ def evaluate(
     )
     is_mean, is_std = inception_score(feats["logits"], eval_cfg.is_splits, eval_cfg.seed)
     reliable = n > FULL_RANK_N and len(real) > FULL_RANK_N
+    floor = ref["meta"]["floor"]
     metrics = {
         "fid": fid(real, feats["pool"]),
+        "is_mean": is_mean,
+        "is_std": is_std,
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "n_generated": n,
+        "n_real": len(real),
+        "floor_fid": floor["fid"],
+        "floor_kid_mean": floor["kid_mean"],
+    }
+    evaluation = {
         "fid_reliable": reliable,
         "fid_note": None
         if reliable
@@ -305,16 +324,10 @@ def evaluate(
             "of each for a full-rank covariance and is biased upward ~1/N; compare only at "
             "equal N, and prefer KID here"
         ),
-        "is_mean": is_mean,
-        "is_std": is_std,
         "is_splits": min(eval_cfg.is_splits, n),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
         "kid_subset_size": kid_size,
         "kid_subsets": eval_cfg.kid_subsets,
-        "n_generated": n,
-        "n_real": len(real),
-        "floor": ref["meta"]["floor"],
+        "floor": floor,
         "feature_extractor": EXTRACTOR,
         "resize": RESIZE,
         "weights_sha256": info["sha256"],
@@ -323,8 +336,10 @@ def evaluate(
         "images_per_s": n / extract_s,
         "device": str(device),
     }
-    atomic_write_json(out, metrics)
-    return metrics
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / EVALUATION, evaluation)
+    atomic_write_json(out_dir / METRICS, metrics)
+    return {**metrics, **evaluation}
 
 
 # -- random-weight Inception for offline tests and demos -----------------------------------------

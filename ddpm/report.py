@@ -1,8 +1,9 @@
 """Comparing the runs of a sweep: a CSV table and one self-contained HTML report.
 
-`collect_runs` reads what each run of the grid left on disk and never drops a run: a run whose
-files are missing is shown as such. `build_report` renders `templates/report.html.j2` with every
-image embedded as a data URI (no network access, no front-end framework).
+`collect_runs` reads what each sampler variant of each network of the grid left on disk and never
+drops one: a run whose files are missing is shown as such. `build_report` renders
+`templates/report.html.j2` with every image embedded as a data URI (no network access, no
+front-end framework).
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.config import Config, config_hash, expand_grid, to_dict
+from ddpm.config import Config, config_hash, to_dict
 from ddpm.diffusion import build_diffusion
 from ddpm.files import atomic_write_bytes
 from ddpm.images import grid, png_bytes
 from ddpm.schedules import terminal_stats
+from ddpm.stages import plan
 
 COLUMNS = [
     "run_id",
+    "network",
+    "variant",
     "status",
     "T",
     "schedule",
@@ -43,17 +47,9 @@ COLUMNS = [
     "train_images_per_s",
     "final_loss",
 ]
-METRIC_KEYS = [
-    "fid",
-    "fid_reliable",
-    "is_mean",
-    "is_std",
-    "kid_mean",
-    "kid_std",
-    "n_generated",
-    "test_weights",
-]
-COLUMNS += METRIC_KEYS
+METRIC_KEYS = ["fid", "is_mean", "is_std", "kid_mean", "kid_std", "n_generated", "floor_fid"]
+EVALUATION_KEYS = ["fid_reliable", "test_weights"]
+COLUMNS += METRIC_KEYS + EVALUATION_KEYS
 FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
 # alpha_bar_T below this with eps-prediction: the x_0 estimate at t = T is the network's error
 # divided by sqrt(alpha_bar_T), and with beta_T ~ 1 the first step keeps it (saturated colours).
@@ -69,29 +65,43 @@ def _read(path: Path) -> dict | None:
 
 
 def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
-    """One row per run of the grid, whatever state its files are in (never silently dropped)."""
+    """One row per sampler variant of every network of the grid, whatever state its files are
+    in (never silently dropped). `run_id` is the network id, followed by `/variant` when the
+    grid has sampler variants."""
+    the_plan = plan(cfg)
     rows = []
-    for run in expand_grid(cfg):
-        d = Path(runs_dir) / run.id
-        train, sample, metrics = (
-            _read(d / n) for n in ("train_summary.json", "sample_summary.json", "metrics.json")
+    for variant in the_plan.variants:
+        net_dir = Path(runs_dir) / variant.network
+        var_dir = net_dir / variant.id
+        train = _read(net_dir / "train_summary.json")
+        sample, metrics, evaluation = (
+            _read(var_dir / n) for n in ("sample_summary.json", "metrics.json", "evaluation.json")
         )
-        dc = run.config.diffusion
+        dc = variant.config.diffusion
         row = {
             **dict.fromkeys(COLUMNS),  # every column exists, None until a file provides it
             "device": None,
-            "run_id": run.id,
-            "params": run.params,
+            "run_id": variant.key if the_plan.variant_axes else variant.network,
+            "network": variant.network,
+            "variant": variant.id,
+            "params": {
+                **next(n.params for n in the_plan.networks if n.id == variant.network),
+                **variant.params,
+            },
             "T": dc.T,
             "schedule": dc.schedule,
             "objective": dc.objective,
-            "sampler": run.config.sample.method,
+            "sampler": variant.config.sample.method,
             **terminal_stats(build_diffusion(dc).betas),
         }
         missing = [
-            n
-            for n, v in (("training", train), ("samples", sample), ("metrics", metrics))
-            if v is None
+            name
+            for name, found in (
+                ("training", train),
+                ("samples", sample),
+                ("metrics", metrics and evaluation),
+            )
+            if not found
         ]
         row["status"] = "ok" if not missing else "missing " + ", ".join(missing)
         if train:
@@ -106,8 +116,9 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
             )
         if sample:
             row["nfe_per_image"] = sample["nfe_per_image"]
-        if metrics:
+        if metrics and evaluation:
             row.update({k: metrics[k] for k in METRIC_KEYS})
+            row.update({k: evaluation[k] for k in EVALUATION_KEYS})
         rows.append(row)
     return rows
 
@@ -165,7 +176,8 @@ def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     plots = {}
-    logs = {r["run_id"]: _read_log(runs_dir / r["run_id"] / "train_log.csv") for r in rows}
+    networks = dict.fromkeys(r["network"] for r in rows)  # one loss curve per trained network
+    logs = {n: _read_log(runs_dir / n / "train_log.csv") for n in networks}
     logs = {k: v for k, v in logs.items() if v is not None}
     if logs:
         fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -191,8 +203,8 @@ def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
     # Schedules: one curve per distinct (T, schedule, range) among the runs.
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
     seen = set()
-    for run in expand_grid(cfg):
-        dc = run.config.diffusion
+    for network in plan(cfg).networks:
+        dc = network.config.diffusion
         key = (dc.T, dc.schedule, dc.beta_start, dc.beta_end, dc.cosine_s)
         if key in seen:
             continue
@@ -212,9 +224,16 @@ def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
     scored = [r for r in rows if r.get("fid") is not None]
     if scored:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-        for schedule in sorted({r["schedule"] for r in scored}):
-            pts = sorted((r["T"], r["fid"]) for r in scored if r["schedule"] == schedule)
-            a1.plot(*zip(*pts, strict=True), marker="o", label=schedule)
+        # One line per schedule and sampler variant (variants share the trained networks).
+        lines = sorted({(r["schedule"], r["variant"]) for r in scored})
+        for schedule, variant in lines:
+            pts = sorted(
+                (r["T"], r["fid"])
+                for r in scored
+                if (r["schedule"], r["variant"]) == (schedule, variant)
+            )
+            label = schedule if len({v for _, v in lines}) == 1 else f"{schedule}, {variant}"
+            a1.plot(*zip(*pts, strict=True), marker="o", label=label)
         a1.set(xlabel="T", ylabel="FID", title="FID against T", xscale="log")
         a1.legend(fontsize=7)
         labels = [r["run_id"] for r in scored]
@@ -321,14 +340,14 @@ def build_report(
     """Write the HTML report comparing every run of `cfg`'s grid; returns what it showed."""
     import jinja2
 
-    from ddpm.data import load_dataset
+    from ddpm.dataset import load_dataset
 
     runs_dir = Path(runs_dir)
     rc = cfg.report
     rows = collect_runs(cfg, runs_dir)
     train_images = load_dataset(data_path)[0] if data_path else None
     for row in rows:
-        d = runs_dir / row["run_id"]
+        d = runs_dir / row["network"] / row["variant"]
         row["far_from_noise"] = row["alpha_bar_T"] > FAR_FROM_NOISE
         row["eps_at_zero"] = row["objective"] == "eps" and row["alpha_bar_T"] < EPS_NEAR_ZERO
         samples = _samples(d / "samples.npz", rc.grid_images)
@@ -351,7 +370,7 @@ def build_report(
         "failed": [r for r in rows if r["status"] != "ok"],
         "best": _best(rows),
         "grid": cfg.grid,
-        "shared": {k: v for k, v in to_dict(cfg).items() if k not in ("grid", "results_dir")},
+        "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
         "plots": _plots(cfg, rows, runs_dir),
         "test_weights": test_weights,
         "far_threshold": FAR_FROM_NOISE,

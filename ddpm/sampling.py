@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.config import to_dict, training_changes
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import GaussianDiffusion, Model, Variance, build_diffusion, extract
 from ddpm.errors import PipelineError
@@ -165,33 +164,49 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 # -- the sample stage ----------------------------------------------------------------------------
 
 
-def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dict:
-    """The `sample` stage: EMA weights from `final.pt` -> samples.npz, grid.png, trajectory.png
-    and sample_summary.json in `out_dir`. Returns the summary."""
-    out_dir = Path(out_dir)
-    sc = cfg.sample
+GRID_IMAGES = 64  # samples in grid.png (the report draws its own grids from samples.npz)
+
+
+def load_network(ckpt_path: str | Path, device: torch.device):
+    """The EMA network of `final.pt`, built from the training settings stored in it, and its
+    diffusion: (model, diffusion, state). Sampling needs no training settings of its own."""
+    from ddpm.stages import get_stage, job_config
+
     state = load_torch(
         ckpt_path,
         PipelineError,
-        missing="train the run first",
-        damaged="Train the run again (or restore final.pt, e.g. `dvc pull`).",
+        missing="train the network first",
+        damaged="Train the network again (or restore final.pt, e.g. `dvc pull`).",
     )
-    changed = training_changes(state["config"], to_dict(cfg))
-    if changed:
+    if not isinstance(state, dict) or not {"ema", "settings", "image_size"} <= set(state):
         raise PipelineError(
-            f"{ckpt_path} was trained with a different config ({', '.join(changed)} changed); "
-            "train this run again before sampling"
+            f"{ckpt_path} is not a final.pt written by `python -m ddpm train` of this version; "
+            "train the network again"
         )
-    device = select_device(sc.device)
-    size = cfg.data.image_size
-    model = build_unet(cfg.model, size)
+    train_cfg = job_config(get_stage("train"), state["settings"])
+    model = build_unet(train_cfg.model, state["image_size"])
     model.load_state_dict(state["ema"])
     model = model.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    diffusion = build_diffusion(cfg.diffusion).to(device)
+    return model, build_diffusion(train_cfg.diffusion).to(device), state
+
+
+def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> dict:
+    """The `sample` stage: EMA weights from `final.pt` -> samples.npz, grid.png, trajectory.png
+    and sample_summary.json in `out_dir`, with the `sample.*` settings of `cfg`. Returns the
+    summary."""
+    out_dir = Path(out_dir)
+    sc = cfg.sample
+    device = select_device(sc.device)
+    model, diffusion, state = load_network(ckpt_path, device)
+    size = state["image_size"]
     shape = (3, size, size)
     T = diffusion.T
+    if sc.steps is not None and sc.steps > T:
+        raise PipelineError(
+            f"sample.steps: {sc.steps} exceeds the network's T ({T}) in {ckpt_path}"
+        )
     steps = sc.steps or T
     # Trajectory: evenly spaced timesteps of the chain that this sampler visits.
     visited = list(range(T - 1, -1, -1)) if sc.method == "ddpm" else ddim_timesteps(T, steps)
@@ -229,7 +244,7 @@ def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dic
     start = time.perf_counter()
     nfe = 0
     with tqdm(
-        total=sc.num_images, unit="img", desc=f"sample {run_id}", disable=not progress
+        total=sc.num_images, unit="img", desc=f"sample {variant}", disable=not progress
     ) as bar:
         for lo in range(0, sc.num_images, sc.batch_size):
             hi = min(lo + sc.batch_size, sc.num_images)
@@ -246,10 +261,11 @@ def generate(cfg, run_id: str, ckpt_path, out_dir, progress: bool = True) -> dic
     np.savez_compressed(buf, images=images.numpy(), seed=sc.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
-    save_grid(images[: cfg.report.grid_images], out_dir / "grid.png")
+    save_grid(images[:GRID_IMAGES], out_dir / "grid.png")
     save_grid(strip.flatten(0, 1), out_dir / "trajectory.png", nrow=strip.shape[1])
     summary = {
-        "run_id": run_id,
+        "variant": variant,
+        "network": state["network"],
         "method": sc.method,
         "steps": nfe,
         "nfe_per_image": nfe,

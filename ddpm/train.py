@@ -2,13 +2,19 @@
 
 Every random number of a run (batch indices, flips, timesteps, noise) comes from one seeded
 generator whose state is checkpointed with the model, the EMA, the optimiser, the gradient
-scaler and the global RNGs (dropout). Resuming therefore continues the very same run: the
-weights after a crash and a restart equal those of an uninterrupted run.
+scaler and the global RNGs (dropout). The checkpoint also carries the log rows written so far and
+the losses gathered since the last row. Resuming therefore continues the very same run: after a
+crash or an interrupt and a restart, the weights, `train_log.csv` (apart from its timing columns)
+and the summary equal those of an uninterrupted run.
+
+A checkpoint belongs to one training identity: the training settings, the training code's
+fingerprint and the dataset. Only the settings in `RESUMABLE` may differ on resume.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -18,13 +24,19 @@ from pathlib import Path
 import torch
 
 from ddpm import __version__
-from ddpm.config import Config, to_dict, training_changes
-from ddpm.data import load_dataset
+from ddpm.config import Config, diff_keys
+from ddpm.dataset import load_dataset
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import build_diffusion
 from ddpm.ema import EMA
 from ddpm.errors import PipelineError
-from ddpm.files import atomic_write_json, load_torch, save_torch
+from ddpm.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_torch,
+    remove_stale_temporaries,
+    save_torch,
+)
 from ddpm.images import save_grid
 from ddpm.sampling import ddim_sample, to_uint8
 from ddpm.unet import build_unet, count_parameters
@@ -33,6 +45,7 @@ CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
 LOG = "train_log.csv"
 SUMMARY = "train_summary.json"
+STALE = "checkpoint.stale.pt"
 LOG_FIELDS = [
     "step",
     "loss",
@@ -45,6 +58,19 @@ LOG_FIELDS = [
     "images_per_s",
     "elapsed_s",
 ]
+TIMING_FIELDS = ("images_per_s", "elapsed_s")  # the only columns a resumed run may change
+# Settings that may change while a checkpoint stays valid: how long to train, how often to
+# checkpoint / log / preview, and where (CPU, GPU, compiled or not) the same steps run.
+RESUMABLE = (
+    "train.steps",
+    "train.epochs",
+    "train.max_minutes",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.preview_every",
+    "train.device",
+    "train.compile",
+)
 
 
 class TrainingError(PipelineError):
@@ -64,24 +90,34 @@ class Interrupted(PipelineError):
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by this module; a damaged file gives a message, not a traceback."""
-    return load_torch(
+    state = load_torch(
         path,
         TrainingError,
         missing="run `python -m ddpm train`",
         damaged="Restore it (e.g. `dvc pull`) or delete it to train this run from scratch.",
     )
-
-
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    changed = training_changes(saved, current)
-    if changed:
+    if not isinstance(state, dict) or "step" not in state or "settings" not in state:
         raise TrainingError(
-            f"{path} was trained with a different config: {', '.join(changed)} changed. Restore "
-            f"the config, or delete {path.parent} to train this run from scratch."
+            f"{path} is not a training checkpoint of this version of ddpm-pipeline; move it "
+            "away (or delete it) to train this run from scratch"
         )
+    return state
 
 
-# -- the loop ------------------------------------------------------------------------------------
+def stale_reasons(state: dict, identity: dict, total: int) -> list[str]:
+    """Why a checkpoint cannot be resumed under `identity` (empty when it can)."""
+    reasons = [
+        f"{key} changed"
+        for key in diff_keys(state["settings"], identity["settings"])
+        if key not in RESUMABLE
+    ]
+    if state.get("code") != identity["code"]:
+        reasons.append("the training code changed")
+    if state.get("dataset_sha256") != identity["dataset_sha256"]:
+        reasons.append("the dataset changed")
+    if int(state["step"]) > total:
+        reasons.append(f"it is at step {state['step']}, beyond the {total} steps now asked for")
+    return reasons
 
 
 def total_steps(cfg: Config, num_images: int) -> int:
@@ -89,6 +125,98 @@ def total_steps(cfg: Config, num_images: int) -> int:
     if t.epochs is not None:
         return max(1, math.ceil(t.epochs * num_images / t.batch_size))
     return t.steps
+
+
+def get_lr(cfg: Config, step: int) -> float:
+    """The learning rate of optimiser step `step` (0-based)."""
+    tc = cfg.train
+    # Linear warmup over warmup_steps, then constant (Ho et al. 2020).
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    return tc.lr
+
+
+# -- the log -------------------------------------------------------------------------------------
+
+
+class LossLog:
+    """Losses since the last log row (per step, and per quarter of t), and the rows so far.
+
+    Everything here goes into checkpoints, so a resumed run writes the same rows as an
+    uninterrupted one: a row is written every `log_every` steps and at the last step, never at an
+    interruption."""
+
+    def __init__(self, device: torch.device):
+        self.rows: list[dict] = []
+        self.losses: list[float] = []  # checked for finiteness
+        self._unchecked: list[torch.Tensor] = []  # on the device, not yet synchronised
+        self.quarter_sum = torch.zeros(4, device=device, dtype=torch.float64)
+        self.quarter_count = torch.zeros(4, device=device, dtype=torch.float64)
+
+    def add(self, loss: torch.Tensor, per_example: torch.Tensor, t: torch.Tensor, T: int) -> None:
+        quarter = (t * 4 // T).clamp(max=3)
+        self.quarter_sum.index_add_(0, quarter, per_example.detach().double())
+        self.quarter_count.index_add_(0, quarter, torch.ones_like(quarter, dtype=torch.float64))
+        self._unchecked.append(loss.detach())
+
+    def sync(self, step: int) -> int | None:
+        """Bring the pending losses to the host; the step of the first non-finite one, if any."""
+        if not self._unchecked:
+            return None
+        new = torch.stack(self._unchecked).float().cpu().tolist()
+        self._unchecked.clear()
+        first = step - len(new) + 1
+        for i, value in enumerate(new):
+            if not math.isfinite(value):
+                return first + i
+        self.losses += new
+        return None
+
+    def row(self, step: int, lr: float, grad_norm: float, ips: float, elapsed: float) -> dict:
+        q = (self.quarter_sum / self.quarter_count.clamp(min=1)).tolist()
+        row = {
+            "step": step,
+            "loss": sum(self.losses) / len(self.losses),
+            **{f"loss_q{i + 1}": q[i] for i in range(4)},
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "images_per_s": ips,
+            "elapsed_s": elapsed,
+        }
+        self.rows.append(row)
+        self.losses.clear()
+        self.quarter_sum.zero_()
+        self.quarter_count.zero_()
+        return row
+
+    def state_dict(self) -> dict:
+        assert not self._unchecked, "sync before saving"
+        return {
+            "rows": self.rows,
+            "losses": self.losses,
+            "quarter_sum": self.quarter_sum.cpu(),
+            "quarter_count": self.quarter_count.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+        self.losses = list(state["losses"])
+        self.quarter_sum.copy_(state["quarter_sum"])
+        self.quarter_count.copy_(state["quarter_count"])
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """train_log.csv with `rows`, atomically (rows are then appended as training goes on)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 class _StopFlag:
@@ -111,17 +239,31 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(
-    cfg: Config, run_id: str, data_path: str | Path, out_dir: str | Path, progress: bool = True
-) -> dict:
-    """Train run `run_id` (its resolved `cfg`) on the dataset file; write into `out_dir`.
+# -- the loop ------------------------------------------------------------------------------------
 
-    Resumes from `out_dir/checkpoint.pt` when it exists. Returns the training summary.
+
+def train(
+    cfg: Config,
+    network_id: str,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    identity: dict,
+    restart_if_changed: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train network `network_id` with `cfg` on the dataset file; write into `out_dir`.
+
+    `identity` is the training stage's settings document (`settings`, `code`). Resumes from
+    `out_dir/checkpoint.pt` when it belongs to the same identity; when it does not, refuses, or
+    with `restart_if_changed` sets it aside as `checkpoint.stale.pt` and starts from scratch.
+    Returns the training summary.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"--out {out_dir} is a file; give the run's folder")
     tc = cfg.train
     device = select_device(tc.device, exclusive=True)
     if device.type == "cuda":
@@ -130,14 +272,16 @@ def train(
         torch.backends.cudnn.benchmark = True
     data, manifest = load_dataset(data_path, device)
     n_images, size = data.shape[0], data.shape[-1]
-    if size != cfg.data.image_size:
-        raise TrainingError(
-            f"{data_path} holds {size} px images but data.image_size is "
-            f"{cfg.data.image_size}; preprocess again"
-        )
-    cfg_dict = to_dict(cfg)
+    steps = total_steps(cfg, n_images)
+    identity = {
+        "settings": identity["settings"],
+        "code": identity["code"],
+        "dataset_sha256": manifest["sha256"],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
 
-    # 1. Model, diffusion, EMA, optimiser, scaler, generator.
+    # 1. Model, diffusion, EMA, optimiser, scaler, generator, log.
     torch.manual_seed(tc.seed)
     model = build_unet(cfg.model, size).to(device)
     if device.type == "cuda":
@@ -152,39 +296,56 @@ def train(
     )
     gen = torch.Generator(device).manual_seed(tc.seed)
     net = torch.compile(model) if tc.compile else model
-    steps = total_steps(cfg, n_images)
+    log = LossLog(device)
 
-    # 2. Resume.
+    # 2. Resume, or set a checkpoint of another identity aside.
     ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
     start, elapsed_before = 0, 0.0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        check_resumable(state["config"], cfg_dict, ckpt_path)
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        reasons = stale_reasons(state, identity, steps)
+        if reasons and not restart_if_changed:
+            raise TrainingError(
+                f"{ckpt_path} belongs to another training ({'; '.join(reasons)}). Restore "
+                "those settings to resume it, or pass --restart-if-changed to set it aside (as "
+                f"{STALE}) and train this run from scratch."
+            )
+        if reasons:
+            os.replace(ckpt_path, out_dir / STALE)
+            print(
+                f"{ckpt_path}: {'; '.join(reasons)}; set aside as {out_dir / STALE}, training "
+                "from scratch",
+                flush=True,
+            )
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        log.load_state_dict(state["log"])
         gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        print(f"resuming {run_id} from step {start} ({ckpt_path})", flush=True)
-    _truncate_log(log_path, start)
+        print(f"resuming {network_id} from step {start} ({ckpt_path})", flush=True)
+    write_log(log_path, log.rows)
 
-    def checkpoint(step: int, elapsed: float) -> None:
+    def save_checkpoint(step: int, elapsed: float) -> None:
         save_torch(
             ckpt_path,
             {
+                **identity,
                 "step": step,
                 "elapsed_s": elapsed,
-                "run_id": run_id,
-                "config": cfg_dict,
+                "network": network_id,
                 "version": __version__,
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(),
+                "log": log.state_dict(),
                 "rng": {
                     "generator": gen.get_state(),
                     "torch": torch.get_rng_state(),
@@ -195,9 +356,6 @@ def train(
 
     # 3. The loop.
     preview_noise_seed = tc.seed + 1
-    quarter_sum = torch.zeros(4, device=device, dtype=torch.float64)
-    quarter_count = torch.zeros(4, device=device, dtype=torch.float64)
-    step_losses: list[torch.Tensor] = []
     grad_norm = torch.zeros((), device=device)
     t0 = time.perf_counter()
     window_start, window_step = t0, start
@@ -205,20 +363,17 @@ def train(
     bar = tqdm(
         total=steps,
         initial=start,
-        desc=run_id,
+        desc=network_id,
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
     )
     with _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
         writer = csv.DictWriter(log_file, LOG_FIELDS)
-        if log_file.tell() == 0:
-            writer.writeheader()
         step = start
         while step < steps:
             model.train()
-            # Learning-rate warmup, then constant (Ho et al. 2020).
-            lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+            lr = get_lr(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             # A batch: seeded indices, random horizontal flips, on the device.
@@ -243,65 +398,52 @@ def train(
             scaler.update()
             ema.update(model)
             step += 1
-
-            quarter = (out["t"] * 4 // diffusion.T).clamp(max=3)
-            quarter_sum.index_add_(0, quarter, out["loss"].detach().double())
-            quarter_count.index_add_(0, quarter, torch.ones_like(quarter, dtype=torch.float64))
-            step_losses.append(loss.detach())
+            log.add(loss, out["loss"], out["t"], diffusion.T)
             bar.update(1)
 
             elapsed = elapsed_before + time.perf_counter() - t0
             out_of_time = tc.max_minutes is not None and elapsed >= tc.max_minutes * 60
             interrupted = stop.signal is not None
-            want_ckpt = step % tc.checkpoint_every == 0 or step == steps
-            if step % tc.log_every == 0 or want_ckpt or out_of_time or interrupted or step == steps:
-                # Sync point: check the losses since the last one, then log.
-                losses = torch.stack(step_losses).float().cpu()
-                bad = (~torch.isfinite(losses)).nonzero()
-                if len(bad):
-                    first = step - len(losses) + int(bad[0]) + 1
+            last = step == steps or out_of_time
+            want_row = step % tc.log_every == 0 or last
+            want_ckpt = step % tc.checkpoint_every == 0 or last or interrupted
+            if want_row or want_ckpt:
+                # Sync point: check the losses since the last one.
+                bad = log.sync(step)
+                if bad is not None:
                     raise TrainingError(
-                        f"{run_id}: the loss became {losses[int(bad[0])].item()} at step {first}; "
-                        f"stopped. The last good checkpoint ({ckpt_path}) is kept. Lower train.lr, "
-                        f"or use train.precision: bf16 or fp32."
+                        f"{network_id}: the loss became non-finite at step {bad}; stopped. The "
+                        f"last good checkpoint ({ckpt_path}) is kept. Lower train.lr, or use "
+                        "train.precision: bf16 or fp32."
                     )
+            if want_row:
                 now = time.perf_counter()
                 ips = (step - window_step) * tc.batch_size / max(now - window_start, 1e-9)
                 window_start, window_step = now, step
-                q = (quarter_sum / quarter_count.clamp(min=1)).tolist()
-                row = {
-                    "step": step,
-                    "loss": losses.mean().item(),
-                    **{f"loss_q{i + 1}": q[i] for i in range(4)},
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "images_per_s": ips,
-                    "elapsed_s": elapsed,
-                }
+                row = log.row(step, lr, float(grad_norm), ips, elapsed)
                 writer.writerow(row)
                 log_file.flush()
-                step_losses.clear()
-                quarter_sum.zero_()
-                quarter_count.zero_()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
-            if tc.preview_every and step % tc.preview_every == 0:
+            previewing = bool(tc.preview_every) and step % tc.preview_every == 0
+            if previewing:
                 _preview(
                     ema.model,
                     diffusion,
                     cfg,
                     device,
+                    size,
                     out_dir / "previews" / f"step_{step:07d}.png",
                     preview_noise_seed,
                 )
-            if want_ckpt or out_of_time or interrupted:
-                checkpoint(step, elapsed)
-            if want_ckpt or (tc.preview_every and step % tc.preview_every == 0):
+            if want_ckpt:
+                save_checkpoint(step, elapsed)
+            if want_ckpt or previewing:
                 window_start = time.perf_counter()  # images/s measures training alone
             if interrupted:
                 bar.close()
                 name = signal.Signals(stop.signal).name
                 raise Interrupted(
-                    f"{run_id}: {name} at step {step}; checkpoint written to {ckpt_path}. "
+                    f"{network_id}: {name} at step {step}; checkpoint written to {ckpt_path}. "
                     f"Run the same command again to resume.",
                     stop.signal,
                 )
@@ -311,24 +453,30 @@ def train(
     bar.close()
 
     # 4. What sampling needs, and the summary.
-    final = {
-        "run_id": run_id,
-        "step": step,
-        "config": cfg_dict,
-        "version": __version__,
-        "ema": ema.model.state_dict(),
-    }
-    save_torch(out_dir / FINAL, final)
-    wall = elapsed_before + time.perf_counter() - t0
+    save_torch(
+        out_dir / FINAL,
+        {
+            **identity,
+            "network": network_id,
+            "step": step,
+            "image_size": size,
+            "version": __version__,
+            "ema": ema.model.state_dict(),
+        },
+    )
+    rows = log.rows
+    measured = rows[1:] or rows  # the first window includes start-up costs
     summary = {
-        "run_id": run_id,
+        "network": network_id,
         "steps": step,
         "target_steps": steps,
         "stopped_by": stopped_by,
         "images_seen": step * tc.batch_size,
         "epochs": step * tc.batch_size / n_images,
-        "wall_time_s": wall,
-        "images_per_s": _mean_ips(log_path),
+        "wall_time_s": elapsed_before + time.perf_counter() - t0,
+        "images_per_s": sum(r["images_per_s"] for r in measured) / len(measured)
+        if measured
+        else None,
         "parameters": count_parameters(model),
         "device": _device_name(device),
         "precision": tc.precision if device.type == "cuda" else "fp32",
@@ -337,52 +485,30 @@ def train(
         else None,
         "dataset_sha256": manifest["sha256"],
         "dataset_count": n_images,
-        "final_loss": _smoothed_final_loss(log_path),
+        "final_loss": _smoothed_final_loss(rows),
     }
     atomic_write_json(out_dir / SUMMARY, summary)
     return summary
 
 
 @torch.no_grad()
-def _preview(model, diffusion, cfg: Config, device, path: Path, seed: int, n: int = 16) -> None:
+def _preview(model, diffusion, cfg: Config, device, size: int, path: Path, seed: int) -> None:
     model.eval()
     with autocast(device, cfg.train.precision):
         result = ddim_sample(
             model,
             diffusion,
             seed,
-            range(n),
-            (3, cfg.data.image_size, cfg.data.image_size),
+            range(16),
+            (3, size, size),
             steps=min(50, diffusion.T),
             device=device,
         )
     save_grid(to_uint8(result.images), path, nrow=4)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _mean_ips(path: Path) -> float | None:
-    rows = read_log(path)[1:] or read_log(path)  # the first window includes start-up costs
-    return sum(r["images_per_s"] for r in rows) / len(rows) if rows else None
-
-
-def _smoothed_final_loss(path: Path, window: int = 10) -> float | None:
-    rows = read_log(path)[-window:]
+def _smoothed_final_loss(rows: list[dict], window: int = 10) -> float | None:
+    rows = rows[-window:]
     return sum(r["loss"] for r in rows) / len(rows) if rows else None
 
 

@@ -1,12 +1,18 @@
 import hashlib
 import http.server
 import io
+import os
+import re
+import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 
@@ -99,3 +105,139 @@ def fake_flowers(tmp_path):
     server = FileServer(tmp_path / "served")
     yield server, md5s
     server.close()
+
+
+# -- the pipeline in a copy of the project -------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The smallest config that runs every stage: two networks, 16 px, a few steps each.
+TINY = {
+    "results_dir": "results",
+    "grid": {"T": [20, 30]},
+    "data": {"source": "synthetic", "synthetic_count": 32, "image_size": 16},
+    "model": {"preset": "tiny"},
+    "train": {
+        "device": "cpu",
+        "batch_size": 8,
+        "steps": 6,
+        "warmup_steps": 2,
+        "checkpoint_every": 3,
+        "log_every": 3,
+        "preview_every": 0,
+    },
+    "sample": {
+        "method": "ddim",
+        "steps": 4,
+        "num_images": 8,
+        "batch_size": 8,
+        "device": "cpu",
+        "trajectory_images": 2,
+        "trajectory_points": 3,
+    },
+    "evaluate": {
+        "inception_source": "test",
+        "inception_weights": "results/weights/test.pth",
+        "device": "cpu",
+        "batch_size": 16,
+        "kid_subset_size": 4,
+        "kid_subsets": 3,
+        "is_splits": 2,
+    },
+    "report": {"grid_images": 4},
+}
+
+# The tools run `python -m ddpm` and `snakemake` from this environment, as for a user whose
+# virtual environment is active.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+def write_config(project: Path, cfg: dict) -> None:
+    (project / "config").mkdir(exist_ok=True)
+    (project / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def make_project(dest: Path, cfg: dict, *, dvc: bool = False) -> Path:
+    """A checkout of this repository (its tracked files, without tests and benchmarks) with
+    `cfg` as config/config.yaml: what a user has after cloning and editing the config (the
+    repository's .dvc/ included). With `dvc`, also dvc.yaml for that config and a git commit."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if name.split("/")[0] in ("tests", "benchmarks") or not (ROOT / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    write_config(dest, cfg)
+    if dvc:
+        run_tool(
+            dest,
+            "python",
+            "-m",
+            "ddpm",
+            "dvc-yaml",
+            "--config",
+            "config/config.yaml",
+            "--out",
+            "dvc.yaml",
+        )
+        run_tool(dest, "git", "init", "-q")
+        commit(dest, "project")
+    return dest
+
+
+def commit(project: Path, message: str) -> None:
+    run_tool(project, *GIT, "add", "-A")
+    run_tool(project, *GIT, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def run_tool(project: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(args), cwd=project, capture_output=True, text=True, env=ENV)
+    if check:
+        assert r.returncode == 0, (
+            f"{' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
+    return r
+
+
+def snakemake(project: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    return run_tool(project, sys.executable, "-m", "snakemake", *args, check=check)
+
+
+def dvc(project: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    return run_tool(project, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def planned_jobs(project: Path, *args) -> dict[str, int]:
+    """The jobs `snakemake -n` plans, by rule ({} when there is nothing to do)."""
+    r = snakemake(project, "-n", "--quiet", "rules", *args)
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m[1] != "total"}
+
+
+def dvc_changed_stages(project: Path) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    out = dvc(project, "status").stdout
+    return {line.rstrip(":") for line in out.splitlines() if line and not line[0].isspace()} - {
+        "Data and pipelines are up to date."
+    }
+
+
+def dvc_repro(project: Path, *args) -> list[str]:
+    """Run `dvc repro`; the stages it ran, in order."""
+    out = dvc(project, "repro", *args).stdout
+    return re.findall(r"^Running stage '([^']+)'", out, re.M)
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """A byte- and time-stamp-exact copy (results, .snakemake and .dvc included)."""
+    shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest

@@ -12,16 +12,14 @@ from PIL import Image
 
 from ddpm.config import config_from_dict
 from ddpm.data import (
-    DataError,
     _decode_reduced,
     download,
-    load_dataset,
     load_square,
-    manifest_path,
     preprocess,
     safe_extract,
     synthetic_dataset,
 )
+from ddpm.dataset import DataError, load_dataset, manifest_path
 
 
 def data_cfg(**data):

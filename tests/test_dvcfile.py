@@ -1,18 +1,31 @@
-"""dvc.yaml: generated from the config, the same runs and paths as Snakemake, and a real
-`dvc repro` / `dvc push` / `dvc pull` round trip on a tiny config."""
+"""dvc.yaml: rendered from the stage table for the config, the same runs and paths as Snakemake,
+refusing to run when stale, and a real `dvc repro` / `dvc push` / fresh clone / `dvc pull`
+round trip after which both tools agree that nothing is to do."""
 
-import shutil
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import ENV, SNAKEMAKE, TINY
+from conftest import (
+    ENV,
+    GIT,
+    ROOT,
+    TINY,
+    commit,
+    dvc,
+    dvc_changed_stages,
+    dvc_repro,
+    make_project,
+    planned_jobs,
+    run_tool,
+    snakemake,
+    write_config,
+)
 
 from ddpm.dvcfile import render_file
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dvc_yaml_is_generated_from_the_config(monkeypatch):
@@ -23,54 +36,33 @@ def test_dvc_yaml_is_generated_from_the_config(monkeypatch):
     )
 
 
-def dvc(repo, *args, check=True):
-    r = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=ENV
-    )
-    assert not check or r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def make_repo(path: Path, cfg: dict, monkeypatch) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    monkeypatch.chdir(path)
-    (path / "config").mkdir(exist_ok=True)
-    (path / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    (path / "dvc.yaml").write_text(render_file("config/config.yaml"))
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    dvc(path, "init", "-q")
-    return path
-
-
-def dvc_outputs(repo: Path) -> set[str]:
+def dvc_outputs(project: Path) -> set[str]:
     code = (
         "from dvc.repo import Repo; r = Repo('.');"
         "print('\\n'.join(str(o) for s in r.index.stages for o in s.outs))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, env=ENV, check=True
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
     ).stdout
     return set(out.split())
 
 
-def snakemake_outputs(repo: Path) -> set[str]:
-    r = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(repo), "-n", "--summary"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
-    assert r.returncode == 0, r.stderr
+def snakemake_outputs(project: Path) -> set[str]:
+    r = snakemake(project, "-n", "--summary")
     rows = [line.split("\t") for line in r.stdout.splitlines() if "\t" in line]
     return {row[0] for row in rows if row[0] != "output_file"}  # skip the header
 
 
 def test_snakemake_and_dvc_agree_on_runs_and_paths(tmp_path):
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    dvc(tmp_path, "init", "-q")
-    ours, theirs = snakemake_outputs(tmp_path), dvc_outputs(tmp_path)
+    project = make_project(
+        tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()), dvc=True
+    )
+    ours, theirs = snakemake_outputs(project), dvc_outputs(project)
     runs = {p.split("/")[2] for p in ours if p.startswith("results/runs/")}
     assert runs == {
         "T~350_schedule~linear",
@@ -78,37 +70,87 @@ def test_snakemake_and_dvc_agree_on_runs_and_paths(tmp_path):
         "T~1000_schedule~linear",
         "T~1000_schedule~cosine",
     }
-    # DVC also versions each run's checkpoint.pt (kept across reruns so training can resume).
-    assert theirs - ours == {f"results/runs/{run}/checkpoint.pt" for run in runs}
-    assert ours <= theirs
+    # DVC versions the settings as one folder, Snakemake writes them one file each.
+    settings = {p for p in ours if p.startswith("results/settings/")}
+    assert len(settings) == 18 and "results/settings" in theirs
+    # DVC also versions each network's checkpoint.pt (kept across reruns so training can resume).
+    assert theirs - ours == {"results/settings"} | {
+        f"results/runs/{run}/checkpoint.pt" for run in runs
+    }
+    assert ours - settings <= theirs
 
 
-def test_dotted_and_boolean_grid_keys_give_the_same_ids(tmp_path, monkeypatch):
+def test_dotted_and_boolean_grid_keys_give_the_same_ids(tmp_path):
     cfg = {
         **TINY,
         "grid": {"diffusion.schedule": ["linear", "cosine"], "train.hflip": [True, False]},
     }
-    repo = make_repo(tmp_path / "repo", cfg, monkeypatch)
-    runs = {p.split("/")[2] for p in dvc_outputs(repo) if p.startswith("results/runs/")}
-    expected = {r.split("/")[2] for r in snakemake_outputs(repo) if r.startswith("results/runs/")}
+    project = make_project(tmp_path, cfg, dvc=True)
+    runs = {p.split("/")[2] for p in dvc_outputs(project) if p.startswith("results/runs/")}
+    expected = {
+        p.split("/")[2] for p in snakemake_outputs(project) if p.startswith("results/runs/")
+    }
     assert runs == expected and "diffusion.schedule~cosine_train.hflip~false" in runs
 
 
-@pytest.mark.slow
-def test_dvc_repro_push_and_pull(tmp_path, monkeypatch):
-    repo = make_repo(tmp_path / "repo", TINY, monkeypatch)
-    dvc(repo, "repro")
-    produced = {str(p.relative_to(repo)) for p in (repo / "results").rglob("*") if p.is_file()}
-    assert dvc_outputs(repo) <= produced
-    assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
+def test_a_stale_dvc_yaml_refuses_to_run(tmp_path):
+    project = make_project(tmp_path, TINY, dvc=True)
+    write_config(project, {**TINY, "grid": {"T": [20, 30, 40]}})
+    r = dvc(project, "repro", check=False)
+    assert r.returncode != 0
+    assert "dvc.yaml does not match config/config.yaml" in r.stdout + r.stderr
+    assert "python -m ddpm dvc-yaml --config config/config.yaml --out dvc.yaml" in (
+        r.stdout + r.stderr
+    )
+    assert not (project / "results/data").exists(), "no stage after `settings` ran"
 
-    dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    dvc(repo, "push")
-    checkpoints = sorted((repo / "results/runs").glob("*/*.pt"))
-    assert len(checkpoints) == 4  # final.pt and checkpoint.pt of two runs
-    saved = {p: p.read_bytes() for p in checkpoints}
-    for p in checkpoints:
-        p.unlink()
-    dvc(repo, "pull")
-    for p, data in saved.items():
-        assert p.read_bytes() == data, p
+
+@pytest.mark.slow
+def test_dvc_round_trip_through_a_fresh_clone(tmp_path):
+    """`dvc repro`, `dvc push`, a fresh clone, `dvc pull`: DVC finds everything up to date,
+    and after the documented `snakemake --touch --forceall --cores 1` Snakemake does too, and
+    goes on to notice later edits."""
+    project = make_project(tmp_path / "project", TINY, dvc=True)
+    assert dvc_repro(project)[0] == "settings"
+    assert dvc_changed_stages(project) == set()
+    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    dvc(project, "push")
+    commit(project, "results")
+
+    clone = tmp_path / "clone"
+    run_tool(tmp_path, *GIT, "clone", "-q", str(project), str(clone))
+    assert not (clone / "results").exists()
+    dvc(clone, "pull")
+    assert dvc_changed_stages(clone) == set()
+    for name in ("results/runs/T~20/final.pt", "results/runs/T~20/default/metrics.json"):
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+
+    snakemake(clone, "--touch", "--forceall", "--cores", "1")
+    assert planned_jobs(clone) == {}
+    cfg = {**TINY, "report": {**TINY["report"], "title": "After the pull"}}
+    write_config(clone, cfg)
+    assert planned_jobs(clone) == {"settings": 1, "report": 1, "all": 1}
+
+    # `dvc metrics show` prints numbers only; one plot compares the runs' loss curves.
+    metrics = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
+    values = [
+        v for rev in metrics.values() for f in rev["data"].values() for v in f["data"].values()
+    ]
+    assert values and all(type(v) in (int, float) for v in values), values
+    plot = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]["Training loss"]
+    rows = plot[0]["content"]["data"]["values"]
+    assert {row["filename"] for row in rows} == {"T~20/train_log.csv", "T~30/train_log.csv"}
+    assert {row["step"] for row in rows} == {"3", "6"}
+
+
+@pytest.mark.slow
+def test_dvc_commit_after_snakemake_leaves_both_tools_with_nothing_to_do(tmp_path):
+    """The documented Snakemake -> DVC step: `dvc commit --force` records Snakemake's results
+    without rerunning anything, non-interactively; Snakemake then has nothing to do either."""
+    project = make_project(tmp_path, {**TINY, "grid": {"T": [20]}}, dvc=True)
+    snakemake(project, "--cores", "2")
+    r = dvc(project, "commit", "--force")
+    assert "Running stage" not in r.stdout
+    assert dvc_changed_stages(project) == set()
+    assert planned_jobs(project) == {}
+    assert dvc_repro(project) == []

@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -108,17 +109,22 @@ def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monke
     samples = tmp_path / "samples.npz"
     np.savez(samples, images=flowers(12, 5).numpy())
     for i in range(2):
-        m = evaluate(cfg, samples, ref, weights, tmp_path / f"m{i}.json", progress=False)
+        m = evaluate(cfg, samples, ref, weights, tmp_path / f"m{i}", progress=False)
     assert seen == [20, 12, 12], "evaluation extracts features of the samples only"
     assert m["n_generated"] == 12 and m["n_real"] == 20 and m["fid_reliable"] is False
     assert "2048" in m["fid_note"] and m["test_weights"] is True
     assert m["kid_subset_size"] == 8 and np.isfinite(m["is_mean"]) and m["is_mean"] >= 1.0
     assert m["floor"] == meta["floor"] and m["resize"].startswith("bilinear like TF1")
+    # metrics.json holds numbers only (what `dvc metrics show` prints); the rest goes beside it
+    numbers = json.loads((tmp_path / "m1/metrics.json").read_text())
+    assert numbers["fid"] == m["fid"] and numbers["floor_fid"] == meta["floor"]["fid"]
+    assert all(type(v) in (int, float) for v in numbers.values()), numbers
+    assert json.loads((tmp_path / "m1/evaluation.json").read_text())["fid_note"] == m["fid_note"]
 
 
 def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
     cfg = eval_cfg()
-    with pytest.raises(MetricsError, match="fetch-weights"):
+    with pytest.raises(MetricsError, match="inception-weights"):
         reference_stats(cfg, dataset, tmp_path / "nope.pth", tmp_path / "r.pt")
     unmarked = tmp_path / "unmarked.pth"
     unmarked.write_bytes(weights.read_bytes())  # same bytes, but no test-weights sidecar
@@ -132,11 +138,11 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
     with pytest.raises(MetricsError, match="InceptionV3 weights"):
         load_inception(wrong, CPU)
     with pytest.raises(MetricsError, match="reference-stats"):
-        evaluate(cfg, tmp_path / "s.npz", tmp_path / "missing.pt", weights, tmp_path / "m.json")
+        evaluate(cfg, tmp_path / "s.npz", tmp_path / "missing.pt", weights, tmp_path / "m")
     ref = tmp_path / "ref.pt"
     reference_stats(cfg, dataset, weights, ref, progress=False)
     with pytest.raises(MetricsError, match="python -m ddpm sample"):
-        evaluate(cfg, tmp_path / "missing.npz", ref, weights, tmp_path / "m.json")
+        evaluate(cfg, tmp_path / "missing.npz", ref, weights, tmp_path / "m")
 
 
 @pytest.mark.slow
@@ -186,5 +192,7 @@ def test_fetch_weights_verifies_the_checksum(tmp_path):
         info = fetch_weights(f"{server.url}/w.pth", tmp_path / "w.pth", prefix)
         assert info["sha256"].startswith(prefix) and not info["test_weights"]
         assert (tmp_path / "w.pth").read_bytes() == payload
+        sidecar = json.loads((tmp_path / "w.pth.json").read_text())
+        assert sidecar["kind"] == "torch-fidelity" and sidecar["url"].endswith("/w.pth")
     finally:
         server.close()

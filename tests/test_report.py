@@ -67,22 +67,26 @@ def fabricate_run(run_dir: Path, seed: int, with_metrics: bool = True) -> dict:
                     "elapsed_s": step / 10,
                 }
             )
-    (run_dir / "sample_summary.json").write_text(json.dumps({"nfe_per_image": 10}))
+    variant_dir = run_dir / "default"  # the grid has no sampler axis: one variant per network
+    variant_dir.mkdir()
+    (variant_dir / "sample_summary.json").write_text(json.dumps({"nfe_per_image": 10}))
     images = rng.integers(0, 255, (12, 3, 16, 16), dtype=np.uint8)
-    np.savez(run_dir / "samples.npz", images=images)
-    save_grid(images[:6], run_dir / "trajectory.png", nrow=3)
+    np.savez(variant_dir / "samples.npz", images=images)
+    save_grid(images[:6], variant_dir / "trajectory.png", nrow=3)
     metrics = {
         "fid": 40.0 + 10 * seed,
-        "fid_reliable": False,
         "is_mean": 1.5 + seed / 10,
         "is_std": 0.1,
         "kid_mean": 0.01 * seed,
         "kid_std": 0.002,
         "n_generated": 12,
-        "test_weights": True,
+        "floor_fid": 3.0,
     }
     if with_metrics:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        (variant_dir / "metrics.json").write_text(json.dumps(metrics))
+        (variant_dir / "evaluation.json").write_text(
+            json.dumps({"fid_reliable": False, "test_weights": True})
+        )
     return metrics
 
 

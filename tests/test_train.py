@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -9,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from ddpm.config import get_run, load_config
+from ddpm.config import load_config
 from ddpm.data import preprocess
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.sampling import generate
+from ddpm.stages import prepare
 from ddpm.train import TrainingError, load_checkpoint, read_log, train
 
 RUN = "T~50"
@@ -58,6 +60,16 @@ def setup(tmp_path):
     return config, data
 
 
+def job(stage, config, overrides=None, run=RUN):
+    """A stage's config and settings document from a config file, as the pipeline makes them."""
+    return prepare(stage, load_config(config, overrides), run)
+
+
+def run_training(config, data, out, overrides=None, **kwargs):
+    cfg, document = job("train", config, overrides)
+    return train(cfg, RUN, data, out, identity=document, progress=False, **kwargs)
+
+
 def cli(*args):
     return [sys.executable, "-m", "ddpm", *map(str, args)]
 
@@ -78,8 +90,8 @@ def assert_same_weights(a, b):
 
 def test_tiny_run_completes_and_learns(setup, tmp_path):
     config, data = setup
-    cfg = get_run(load_config(config, {"train.steps": 60, "train.preview_every": 30}), RUN).config
-    summary = train(cfg, RUN, data, tmp_path / "run", progress=False)
+    overrides = {"train.steps": 60, "train.preview_every": 30}
+    summary = run_training(config, data, tmp_path / "run", overrides)
     log = read_log(tmp_path / "run/train_log.csv")
     assert [r["step"] for r in log] == list(range(5, 61, 5))
     assert log[-1]["loss"] < 0.6 * log[0]["loss"]
@@ -87,7 +99,8 @@ def test_tiny_run_completes_and_learns(setup, tmp_path):
     assert summary["parameters"] > 0 and summary["images_per_s"] > 0
     assert (tmp_path / "run/previews/step_0000060.png").exists()
     state = load_checkpoint(tmp_path / "run/checkpoint.pt")
-    assert state["step"] == 60 and state["config"]["diffusion"]["T"] == 50
+    assert state["step"] == 60 and state["settings"]["diffusion"]["T"] == 50
+    assert [r["step"] for r in state["log"]["rows"]] == list(range(5, 61, 5))
 
 
 def wait_for(path, proc, timeout=120):
@@ -149,27 +162,78 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     assert load_checkpoint(out / "final.pt")["step"] == step + 5
 
 
-def test_damaged_checkpoint_and_changed_config_give_clear_errors(setup, tmp_path):
+def test_damaged_checkpoint_and_changed_settings_give_clear_errors(setup, tmp_path):
     config, data = setup
     out = tmp_path / "run"
-    cfg = get_run(load_config(config, {"train.steps": 5}), RUN).config
-    train(cfg, RUN, data, out, progress=False)
+    run_training(config, data, out, {"train.steps": 5})
     good = (out / "checkpoint.pt").read_bytes()
 
-    changed = get_run(
-        load_config(
-            config, {"train.steps": 10, "train.lr": 5.0e-4, "diffusion.schedule": "cosine"}
-        ),
-        RUN,
-    ).config
-    with pytest.raises(TrainingError, match="diffusion.schedule, train.lr changed"):
-        train(changed, RUN, data, out, progress=False)
+    changed = {"train.steps": 10, "train.lr": 5.0e-4, "diffusion.schedule": "cosine"}
+    with pytest.raises(TrainingError) as e:
+        run_training(config, data, out, changed)
+    assert "diffusion.schedule changed; train.lr changed" in str(e.value)
+    assert "--restart-if-changed" in str(e.value), "the refusal names the way out"
+    assert (out / "checkpoint.pt").read_bytes() == good, "a refused checkpoint is left alone"
 
     (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])
     r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
     assert r.returncode == 2
     assert "truncated or corrupted" in r.stderr and "Traceback" not in r.stderr
     assert "delete it" in r.stderr
+
+
+def test_a_changed_setting_sets_the_checkpoint_aside_and_trains_from_scratch(setup, tmp_path):
+    config, data = setup
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    run_training(config, data, out, {"train.steps": 10})
+    old = (out / "checkpoint.pt").read_bytes()
+    changed = {"train.steps": 10, "train.lr": 5.0e-4}
+    run_training(config, data, out, changed, restart_if_changed=True)
+    assert (out / "checkpoint.stale.pt").read_bytes() == old, "set aside, not deleted"
+    run_training(config, data, fresh, changed)
+    assert_same_weights(ema_weights(out), ema_weights(fresh))
+    assert [r["loss"] for r in read_log(out / "train_log.csv")] == [
+        r["loss"] for r in read_log(fresh / "train_log.csv")
+    ]
+
+
+def test_more_steps_resume_and_a_finished_run_finishes_again(setup, tmp_path):
+    """Asking for more steps continues the same run; a checkpoint already at the last step
+    (a rerun after final.pt was lost) writes final.pt, the summary and the full log again."""
+    config, data = setup
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    run_training(config, data, out, {"train.steps": 10})
+    first = run_training(config, data, out, {"train.steps": 20})
+    run_training(config, data, straight, {"train.steps": 20})
+    assert_same_weights(ema_weights(out), ema_weights(straight))
+    (out / "final.pt").unlink()
+    (out / "train_log.csv").unlink()
+    again = run_training(config, data, out, {"train.steps": 20})
+    assert_same_weights(ema_weights(out), ema_weights(straight))
+    assert [r["step"] for r in read_log(out / "train_log.csv")] == list(range(5, 21, 5))
+    assert again["final_loss"] == first["final_loss"] and again["steps"] == 20
+
+
+def test_fewer_steps_than_the_checkpoint_is_a_different_training(setup, tmp_path):
+    config, data = setup
+    out = tmp_path / "run"
+    run_training(config, data, out, {"train.steps": 10})
+    with pytest.raises(TrainingError, match="beyond the 5 steps now asked for"):
+        run_training(config, data, out, {"train.steps": 5})
+
+
+def test_temporaries_of_a_killed_writer_are_removed(setup, tmp_path):
+    config, data = setup
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(["true"])  # a process that has surely exited
+    proc.wait()
+    stale = out / f".checkpoint.pt.tmp{proc.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    mine = out / f".notes.txt.tmp{os.getpid()}"  # a live process's temporary stays
+    mine.write_bytes(b"in progress")
+    run_training(config, data, out, {"train.steps": 5})
+    assert not stale.exists() and mine.exists()
 
 
 def test_nan_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
@@ -185,17 +249,16 @@ def test_nan_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(GaussianDiffusion, "training_loss", poisoned)
-    cfg = get_run(load_config(config), RUN).config
     with pytest.raises(TrainingError, match="at step 13"):
-        train(cfg, RUN, data, tmp_path / "run", progress=False)
+        run_training(config, data, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 10  # last good one kept
 
 
 def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, tmp_path):
     config, data = setup
-    cfg = get_run(load_config(config, {"train.steps": 5}), RUN).config
-    train(cfg, RUN, data, tmp_path / "run", progress=False)
+    run_training(config, data, tmp_path / "run", {"train.steps": 5})
     ckpt = tmp_path / "run/final.pt"
+    cfg, _ = job("sample", config)
     a = generate(cfg, RUN, ckpt, tmp_path / "a", progress=False)
     generate(cfg, RUN, ckpt, tmp_path / "b", progress=False)
     samples = np.load(tmp_path / "a/samples.npz")["images"]
@@ -203,11 +266,21 @@ def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, t
     np.testing.assert_array_equal(samples, np.load(tmp_path / "b/samples.npz")["images"])
     assert a["nfe_per_image"] == 10
     assert a["trajectory_t"] == [49, 27, 0, -1]  # 4 columns: x_T .. x_0, then the sample
-    ddpm_cfg = get_run(
-        load_config(config, {"train.steps": 5, "sample.method": "ddpm", "sample.steps": None}), RUN
-    ).config
+    ddpm_cfg, _ = job("sample", config, {"sample.method": "ddpm", "sample.steps": None})
     b = generate(ddpm_cfg, RUN, ckpt, tmp_path / "c", progress=False)
     assert b["nfe_per_image"] == 50 > a["nfe_per_image"]
     for name in ("grid.png", "trajectory.png", "sample_summary.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert json.loads((tmp_path / "a/sample_summary.json").read_text())["num_images"] == 12
+
+
+def test_sampling_reads_only_sample_settings(setup, tmp_path):
+    """The network and its diffusion come from final.pt: the sample stage's config holds no
+    training settings at all, and using one would raise instead of silently taking a default."""
+    from ddpm.config import UndeclaredSettingError
+
+    config, data = setup
+    cfg, document = job("sample", config)
+    assert set(document["settings"]) == {"sample"}
+    with pytest.raises(UndeclaredSettingError, match="diffusion.T"):
+        cfg.diffusion.T + 1  # noqa: B018

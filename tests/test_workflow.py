@@ -1,87 +1,36 @@
-"""The Snakemake workflow, through the snakemake CLI, in temporary directories."""
+"""The Snakemake workflow, through the snakemake CLI, in copies of the project."""
 
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
-import numpy as np
+import psutil
 import pytest
 import tomllib
+import torch
 import yaml
+from conftest import (
+    ENV,
+    ROOT,
+    TINY,
+    make_project,
+    planned_jobs,
+    run_tool,
+    snakemake,
+    write_config,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-
-TINY = {
-    "results_dir": "results",
-    "grid": {"T": [20, 30]},
-    "data": {"source": "synthetic", "synthetic_count": 32, "image_size": 16},
-    "model": {"preset": "tiny"},
-    "train": {
-        "device": "cpu",
-        "batch_size": 8,
-        "steps": 6,
-        "warmup_steps": 2,
-        "checkpoint_every": 3,
-        "log_every": 3,
-        "preview_every": 0,
-    },
-    "sample": {
-        "method": "ddim",
-        "steps": 4,
-        "num_images": 8,
-        "batch_size": 8,
-        "device": "cpu",
-        "trajectory_images": 2,
-        "trajectory_points": 3,
-    },
-    "evaluate": {
-        "inception_source": "test",
-        "inception_weights": "results/weights/test.pth",
-        "device": "cpu",
-        "batch_size": 16,
-        "kid_subset_size": 4,
-        "kid_subsets": 3,
-        "is_splits": 2,
-    },
-    "report": {"grid_images": 4},
-}
-
-
-def workdir(tmp_path, cfg) -> Path:
-    (tmp_path / "config").mkdir(exist_ok=True)
-    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path
-
-
-# Rules run `python -m ddpm`: the interpreter of this environment, as for a user whose
-# virtual environment is active.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def snakemake(wd, *args):
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(wd), *args], capture_output=True, text=True, env=ENV
-    )
-
-
-def job_counts(wd, *args) -> dict[str, int]:
-    r = snakemake(wd, "-n", "--quiet", "rules", *args)
-    assert r.returncode == 0, r.stderr + r.stdout
-    out = r.stdout + r.stderr
-    if "Nothing to be done" in out:
-        return {}
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m[1] != "total"}
+from ddpm.train import TIMING_FIELDS, load_checkpoint, read_log
 
 
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    counts = job_counts(tmp_path)
-    assert counts == {
+    project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+    assert planned_jobs(project) == {
+        "settings": 18,  # 4 stages that run once, 4 networks x 3 stages, summary, report
         "download": 1,
         "preprocess": 1,
         "inception_weights": 1,
@@ -95,49 +44,133 @@ def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
     }
 
 
-def test_lint_is_clean():
-    r = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_lint_is_clean_and_neither_lint_nor_a_dry_run_writes_anything(tmp_path):
+    project = make_project(tmp_path, TINY)
+    assert snakemake(project, "--lint").returncode == 0
+    snakemake(project, "-n")
+    written = [p for p in project.rglob("*") if p.is_file() and ".snakemake" not in p.parts]
+    assert not (project / "results").exists(), written
 
 
-@pytest.mark.slow
-def test_the_tiny_pipeline_end_to_end(tmp_path):
-    wd = workdir(tmp_path, TINY)
-    r = snakemake(wd, "--cores", "2")
-    assert r.returncode == 0, r.stderr[-3000:]
-    for run in ("T~20", "T~30"):
-        d = wd / "results/runs" / run
-        assert np.load(d / "samples.npz")["images"].shape == (8, 3, 16, 16)
-        metrics = json.loads((d / "metrics.json").read_text())
-        assert np.isfinite(metrics["fid"]) and metrics["n_generated"] == 8
-        assert json.loads((d / "train_summary.json").read_text())["steps"] == 6
-    summary = (wd / "results/summary.csv").read_text().splitlines()
-    assert len(summary) == 3 and summary[1].startswith("T~20,ok,20")
-    html = (wd / "results/report.html").read_text()
-    assert 'data-run="T~20"' in html and 'data-run="T~30"' in html
-    assert job_counts(wd) == {}, "a second invocation has nothing to do"
-    r = snakemake(wd, "--report", str(wd / "snakemake-report.zip"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert (wd / "snakemake-report.zip").stat().st_size > 0
+def test_a_sampler_grid_trains_each_network_once(tmp_path):
+    """Sampler axes make variants that share one trained network: 2 networks x 2 samplers
+    train 2 networks and sample and evaluate 4 times, each in runs/<network>/<variant>/."""
+    cfg = {**TINY, "grid": {"T": [20, 30], "sample.steps": [2, 4]}}
+    project = make_project(tmp_path, cfg)
+    jobs = planned_jobs(project)
+    assert (jobs["train"], jobs["sample"], jobs["evaluate"]) == (2, 4, 4)
+    snakemake(project, "--cores", "2")
+    for t in (20, 30):
+        network = project / f"results/runs/T~{t}"
+        assert (network / "final.pt").exists()
+        variants = sorted(p.name for p in network.iterdir() if p.is_dir())
+        assert variants == ["sample.steps~2", "sample.steps~4"]
+        for steps in (2, 4):
+            summary = json.loads(
+                (network / f"sample.steps~{steps}/sample_summary.json").read_text()
+            )
+            assert summary["nfe_per_image"] == steps and summary["network"] == f"T~{t}"
+    summary = (project / "results/summary.csv").read_text().splitlines()
+    assert len(summary) == 5 and summary[1].startswith("T~20/sample.steps~2,T~20,")
+    snakemake(project, "--report", "report.zip")  # Snakemake's own report bundles ours
+    assert (project / "report.zip").stat().st_size > 0
 
-    changed = dict(TINY, grid={"T": [20, 40]})
-    workdir(tmp_path, changed)
-    assert job_counts(wd) == {
-        "train": 1,
-        "sample": 1,
-        "evaluate": 1,
+    # A new sampler setting adds variants and trains nothing.
+    write_config(project, {**cfg, "grid": {**cfg["grid"], "sample.steps": [2, 3, 4]}})
+    assert planned_jobs(project) == {
+        "settings": 6,  # the new variants' sample and evaluate, and summary's and report's
+        "sample": 2,
+        "evaluate": 2,
         "summary": 1,
         "report": 1,
         "all": 1,
     }
 
-    more_workers = dict(TINY, data={**TINY["data"], "workers": 1})  # back to T 20, 30
-    workdir(tmp_path, more_workers)
-    assert job_counts(wd) == {}, "data.workers does not change the dataset"
-    other_data = dict(TINY, data={**TINY["data"], "synthetic_seed": 5})
-    workdir(tmp_path, other_data)
-    counts = job_counts(wd)
-    assert counts["preprocess"] == 1 and counts["train"] == 2 and counts["evaluate"] == 2
+
+def _ddpm_processes(project):
+    """Processes of this project's pipeline still alive (by working directory)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if proc.info["cwd"] == str(project) and "ddpm" in " ".join(proc.info["cmdline"]):
+                found.append(proc.info["cmdline"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
+    """Ctrl-C (SIGINT to Snakemake's process group) in the middle of training; then plain
+    `snakemake --cores 2` again. The weights equal an uninterrupted training's, the log has
+    every row once, and no process is left behind."""
+    cfg = {
+        **TINY,
+        "grid": {"T": [20]},
+        "train": {**TINY["train"], "steps": 400, "checkpoint_every": 40, "log_every": 10},
+    }
+    project = make_project(tmp_path / "project", cfg)
+    checkpoint = project / "results/runs/T~20/checkpoint.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2"],
+        cwd=project,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    try:
+        start = time.time()
+        while not checkpoint.exists():
+            assert proc.poll() is None and time.time() - start < 300, "training never started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    interrupted_at = load_checkpoint(checkpoint)["step"]
+    assert 0 < interrupted_at < 400, "the interrupt landed mid-training"
+    assert not (project / "results/runs/T~20/final.pt").exists()
+    assert _ddpm_processes(project) == []
+
+    snakemake(project, "--cores", "2")
+    log = (project / "results/logs/train/T~20.log").read_text()
+    assert f"resuming T~20 from step {interrupted_at}" in log
+    assert planned_jobs(project) == {}
+
+    # The same training, uninterrupted, by hand from the same settings file.
+    straight = tmp_path / "straight"
+    run_tool(
+        project,
+        "python",
+        "-m",
+        "ddpm",
+        "train",
+        "--settings",
+        "results/settings/train/T~20.json",
+        "--data",
+        "results/data/dataset.npy",
+        "--out",
+        str(straight),
+    )
+    run = project / "results/runs/T~20"
+    resumed, reference = load_checkpoint(run / "final.pt"), load_checkpoint(straight / "final.pt")
+    for name, tensor in reference["ema"].items():
+        assert torch.equal(resumed["ema"][name], tensor), name
+    rows = read_log(run / "train_log.csv")
+    assert [r["step"] for r in rows] == list(range(10, 401, 10))
+    untimed = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+    assert untimed == [
+        {k: v for k, v in r.items() if k not in TIMING_FIELDS}
+        for r in read_log(straight / "train_log.csv")
+    ]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert (
+        summary["final_loss"]
+        == json.loads((straight / "train_summary.json").read_text())["final_loss"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,11 +182,11 @@ def test_the_tiny_pipeline_end_to_end(tmp_path):
     ],
 )
 def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, section, value, key):
-    wd = workdir(tmp_path, {**TINY, section: {**TINY.get(section, {}), **value}})
-    r = snakemake(wd, "--cores", "1")
+    project = make_project(tmp_path, {**TINY, section: {**TINY.get(section, {}), **value}})
+    r = snakemake(project, "--cores", "1", check=False)
     assert r.returncode != 0
     assert key in r.stderr + r.stdout
-    assert not (wd / "results/data").exists(), "no job may run"
+    assert not (project / "results").exists(), "no job may run"
 
 
 def _names(requirements):
@@ -176,21 +209,22 @@ def test_slurm_profile_parses_and_sizes_the_jobs(tmp_path):
     """The profile's options are valid for Snakemake + the SLURM executor plugin (a dry run
     fails on any unknown option), its per-rule settings name real rules, and each training
     job asks for one GPU. Conda is not installable here, so use-conda is dropped for the run."""
-    profile = ROOT / "workflow/profiles/slurm/config.yaml"
+    profile = ROOT / "profiles/slurm/config.yaml"
     settings = yaml.safe_load(profile.read_text())
     assert settings["executor"] == "slurm" and settings["use-conda"] is True
-    r = subprocess.run([*SNAKEMAKE, "--list-rules"], capture_output=True, text=True, cwd=ROOT)
-    rules = set(r.stdout.split())
+    project = make_project(
+        tmp_path / "project", yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    )
+    rules = set(snakemake(project, "--list-rules").stdout.split())
     for section in ("set-resources", "set-threads"):
         assert set(settings[section]) <= rules, f"{section} names a rule that does not exist"
 
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    (tmp_path / "profile").mkdir()
     without_conda = {k: v for k, v in settings.items() if k != "use-conda"}
-    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(without_conda))
-    r = snakemake(tmp_path, "--workflow-profile", str(tmp_path / "profile"), "-n")
-    assert r.returncode == 0, r.stderr[-2000:]
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm/config.yaml").write_text(yaml.safe_dump(without_conda))
+    r = snakemake(project, "--profile", str(tmp_path / "slurm"), "-n")
     out = r.stdout + r.stderr
+    assert "profiles/default" in out, "the default workflow profile applies too"
     train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
     assert len(train_jobs) == 4
     for block in train_jobs:

@@ -1,76 +1,100 @@
-# Wiring shared by the rule files. All logic lives in the `ddpm` package; these helpers only
-# turn the validated config into paths.
-import dataclasses
-import json
-import os
+# Wiring shared by the rule files. Everything a rule reads, writes and runs comes from the stage
+# table in ddpm/stages.py (which dvc.yaml is rendered from too); these helpers only translate it.
+import re
+import shlex
 import sys
-from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the ddpm package next to the Snakefile
+# Every job imports that same package. The prefix is not part of the commands that Snakemake
+# compares between runs, so they hold no absolute path and moving the project folder (with
+# results/ and .snakemake/) reruns nothing. (Snakemake formats the prefix: braces are doubled.)
+_PACKAGE_PATH = shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")
+shell.prefix(
+    f"export PYTHONPATH={_PACKAGE_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; set -euo pipefail; "
+)
 
-from ddpm.config import config_from_dict, config_hash, expand_grid  # noqa: E402
+from ddpm import stages  # noqa: E402
+from ddpm.config import config_from_dict  # noqa: E402
 
 CFG = config_from_dict(config)  # raises ConfigError naming the key before any job runs
-RUNS = {run.id: run for run in expand_grid(CFG)}
+PLAN = stages.plan(CFG)
+STAGES = stages.table(CFG)
+# Settings file name -> text. Nothing is written here: a dry run or --lint writes no file.
+SETTINGS = stages.all_settings(CFG)
 RESULTS = CFG.results_dir
-DDPM = f"PYTHONPATH={workflow.basedir} python -m ddpm"  # the command every rule runs
 
 
-def _resolved_config_file():
-    """The merged config (configfile + --configfile + --config) that every command reads."""
-    path = Path(RESULTS) / "config.resolved.json"
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    if (
-        not path.exists() or path.read_text() != text
-    ):  # rewrite only on change: keeps mtimes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return str(path)
-
-
-CONFIG = _resolved_config_file()
-
-
-def get_final_target():
-    return f"{RESULTS}/summary.csv"
-
-
-def get_report():
-    return f"{RESULTS}/report.html"
-
-
-def get_dataset():
-    return f"{RESULTS}/data/dataset.npy"
-
-
-def get_weights():
-    return CFG.evaluate.inception_weights
-
-
-def _without_workers(cfg):
-    """The config minus data.workers, which changes how fast the dataset is built, not what."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=0))
-
-
-def get_run_hash(wildcards):
-    """Changes when anything that defines this run changes, so Snakemake reruns its chain."""
-    return config_hash(_without_workers(RUNS[wildcards.run].config))
-
-
-def get_data_hash():
-    """Changes when a data setting changes, so Snakemake rebuilds the dataset and all after it."""
-    return config_hash(_without_workers(CFG).data)
-
-
-def get_raw_inputs(wildcards):
-    if CFG.data.source == "flowers102":
-        return rules.download.output
-    return []
-
-
-def get_all(filename):
-    return [f"{RESULTS}/runs/{run}/{filename}" for run in RUNS]
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
 
 
 wildcard_constraints:
-    run="|".join(map(lambda r: r.replace(".", r"\."), RUNS)) or "default",
+    network=_alternatives(n.id for n in PLAN.networks),
+    variant=_alternatives(sorted({v.id for v in PLAN.variants})),
+
+
+def _instance(stage):
+    """The settings instance of a stage, in Snakemake wildcards."""
+    return {
+        "network": "{network}",
+        "variant": "{network}/{variant}",
+    }.get(stage.scope, "")
+
+
+def get_settings_text(wildcards):
+    return SETTINGS[wildcards.name]
+
+
+def get_inputs(name):
+    """A stage's inputs: its settings file, then the files its table entry reads."""
+    stage = STAGES[name]
+    inputs = {"settings": stages.settings_path(CFG, stage, _instance(stage))}
+    for key, template in stage.deps.items():
+        inputs[key] = (
+            stages.expand(template, PLAN) if stage.scope == "all" else template
+        )
+    return inputs
+
+
+def get_outputs(name, **flags):
+    """A stage's outputs; `flags` wraps some of them, e.g. in report()."""
+    outs = STAGES[name].outs
+    return {
+        key: flags[key](path) if key in flags else path for key, path in outs.items()
+    }
+
+
+def get_shell(name):
+    """`exec` makes the job's process the ddpm command itself: signals reach it directly and
+    no shell is left behind to orphan it."""
+    stage = STAGES[name]
+    args = stages.command_args(
+        stage,
+        lambda t: t.replace("{network}", "{wildcards.network}").replace(
+            "{variant}", "{wildcards.variant}"
+        ),
+    )
+    tune = ["--tune", "{resources.tune}"] if stage.tunes else []
+    return (
+        " ".join(
+            [
+                "exec python -m ddpm",
+                stage.command,
+                "--settings {input.settings}",
+                *tune,
+                *args,
+            ]
+        )
+        + " > {log} 2>&1"
+    )
+
+
+def get_tuning(name):
+    """The tuning settings a stage takes, as `--tune` wants them. They travel as a resource,
+    not a param: changing one cannot change a result, so it must not rerun anything."""
+    tuning = stages.tuning_of(STAGES[name], CFG)
+    return ",".join(f"{key}={value}" for key, value in tuning.items())
+
+
+def get_final_targets():
+    return [STAGES["summary"].outs["summary"], STAGES["report"].outs["report"]]

@@ -1,40 +1,21 @@
-if CFG.evaluate.inception_source == "test":
-
-    rule inception_weights:
-        output:
-            get_weights(),
-        log:
-            f"{RESULTS}/logs/inception_weights.log",
-        conda:
-            "../envs/ddpm.yaml"
-        params:
-            ddpm=DDPM,
-            config=CONFIG,
-        shell:
-            "{params.ddpm} make-test-inception --out {output} > {log} 2>&1"
-
-else:
-
-    rule inception_weights:
-        output:
-            get_weights(),
-        log:
-            f"{RESULTS}/logs/inception_weights.log",
-        conda:
-            "../envs/ddpm.yaml"
-        params:
-            ddpm=DDPM,
-            config=CONFIG,
-        shell:
-            "{params.ddpm} fetch-weights --config {params.config} --out {output} > {log} 2>&1"
+rule inception_weights:
+    input:
+        **get_inputs("inception_weights"),
+    output:
+        **get_outputs("inception_weights"),
+    log:
+        f"{RESULTS}/logs/inception_weights.log",
+    conda:
+        "../envs/ddpm.yaml"
+    shell:
+        get_shell("inception_weights")
 
 
 rule reference_stats:
     input:
-        data=get_dataset(),
-        weights=get_weights(),
+        **get_inputs("reference_stats"),
     output:
-        f"{RESULTS}/reference.pt",
+        **get_outputs("reference_stats"),
     log:
         f"{RESULTS}/logs/reference_stats.log",
     benchmark:
@@ -42,33 +23,26 @@ rule reference_stats:
     conda:
         "../envs/ddpm.yaml"
     threads: 8
-    params:
-        ddpm=DDPM,
-        config=CONFIG,
+    resources:
+        tune=get_tuning("reference_stats"),
     shell:
-        "{params.ddpm} reference-stats --config {params.config} --data {input.data}"
-        " --weights {input.weights} --out {output} > {log} 2>&1"
+        get_shell("reference_stats")
 
 
 rule evaluate:
     input:
-        samples=rules.sample.output.samples,
-        reference=rules.reference_stats.output,
-        weights=get_weights(),
+        **get_inputs("evaluate"),
     output:
-        f"{RESULTS}/runs/{{run}}/metrics.json",
+        **get_outputs("evaluate"),
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}.log",
+        f"{RESULTS}/logs/evaluate/{{network}}/{{variant}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{run}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{network}}/{{variant}}.tsv"
     conda:
         "../envs/ddpm.yaml"
     threads: 4
     resources:
         gpu=1,
-    params:
-        ddpm=DDPM,
-        config=CONFIG,
+        tune=get_tuning("evaluate"),
     shell:
-        "{params.ddpm} evaluate --config {params.config} --samples {input.samples}"
-        " --reference {input.reference} --weights {input.weights} --out {output} > {log} 2>&1"
+        get_shell("evaluate")

@@ -1,14 +1,12 @@
 rule train:
     input:
-        data=get_dataset(),
+        **get_inputs("train"),
     output:
-        final=f"{RESULTS}/runs/{{run}}/final.pt",
-        summary=f"{RESULTS}/runs/{{run}}/train_summary.json",
-        log_csv=f"{RESULTS}/runs/{{run}}/train_log.csv",
+        **get_outputs("train"),
     log:
-        f"{RESULTS}/logs/train/{{run}}.log",
+        f"{RESULTS}/logs/train/{{network}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{network}}.tsv"
     conda:
         "../envs/ddpm.yaml"
     threads: 4
@@ -16,38 +14,33 @@ rule train:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    params:
-        ddpm=DDPM,
-        config=CONFIG,
-        out=lambda w, output: os.path.dirname(output.final),
-        run_hash=get_run_hash,
     shell:
-        "{params.ddpm} train --config {params.config} --run {wildcards.run} --data {input.data}"
-        " --out {params.out} > {log} 2>&1"
+        get_shell("train")
 
 
 rule sample:
     input:
-        final=rules.train.output.final,
+        **get_inputs("sample"),
     output:
-        samples=f"{RESULTS}/runs/{{run}}/samples.npz",
-        grid=report(
-            f"{RESULTS}/runs/{{run}}/grid.png",
-            caption="../report/grid.rst",
-            category="Samples",
-            subcategory="{run}",
+        **get_outputs(
+            "sample",
+            grid=lambda path: report(
+                path,
+                caption="../report/grid.rst",
+                category="Samples",
+                subcategory="{network}/{variant}",
+            ),
+            trajectory=lambda path: report(
+                path,
+                caption="../report/trajectory.rst",
+                category="Trajectories",
+                subcategory="{network}/{variant}",
+            ),
         ),
-        trajectory=report(
-            f"{RESULTS}/runs/{{run}}/trajectory.png",
-            caption="../report/trajectory.rst",
-            category="Trajectories",
-            subcategory="{run}",
-        ),
-        summary=f"{RESULTS}/runs/{{run}}/sample_summary.json",
     log:
-        f"{RESULTS}/logs/sample/{{run}}.log",
+        f"{RESULTS}/logs/sample/{{network}}/{{variant}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sample/{{run}}.tsv"
+        f"{RESULTS}/benchmarks/sample/{{network}}/{{variant}}.tsv"
     conda:
         "../envs/ddpm.yaml"
     threads: 4
@@ -55,11 +48,6 @@ rule sample:
         gpu=1,
         mem_mb=8000,
         runtime=120,
-    params:
-        ddpm=DDPM,
-        config=CONFIG,
-        out=lambda w, output: os.path.dirname(output.samples),
-        run_hash=get_run_hash,
+        tune=get_tuning("sample"),
     shell:
-        "{params.ddpm} sample --config {params.config} --run {wildcards.run} --ckpt {input.final}"
-        " --out {params.out} > {log} 2>&1"
+        get_shell("sample")

@@ -1,0 +1,190 @@
+"""The stage table: what each stage reads, networks and sampler variants, settings files, and
+the commands both tools run."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from ddpm import stages
+from ddpm.cli import build_parser
+from ddpm.config import ConfigError, UndeclaredSettingError, config_from_dict, leaf_keys
+from ddpm.stages import TUNING, plan, read_keys, table
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = config_from_dict({"model": {"preset": "tiny"}})
+SYNTHETIC = config_from_dict(TINY)
+
+
+def test_every_setting_is_read_by_some_stage_or_is_tuning():
+    read = {key for stage in table(FLOWERS).values() for key in read_keys(stage)}
+    for key in leaf_keys():
+        assert key in read or key in TUNING or key in stages.LOCATIONS, key
+
+
+def _imports(path: Path) -> set[str]:
+    """The ddpm modules a file imports (also inside functions), as file names."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpm"):
+            if node.module == "ddpm":
+                names |= {
+                    f"{a.name}.py" for a in node.names if (path.parent / f"{a.name}.py").exists()
+                }
+            else:
+                names.add(node.module.split(".", 1)[1] + ".py")
+    return names
+
+
+# Code that cannot change any stage's outputs: argument parsing, config validation (its result
+# is in the settings files), the stage table itself, errors, atomic file writing.
+PLUMBING = {"cli.py", "config.py", "stages.py", "dvcfile.py", "errors.py", "files.py"}
+
+
+def _closure(name: str) -> set[str]:
+    """The modules `name` imports, directly or through modules that are not plumbing."""
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current not in PLUMBING:
+            todo += _imports(stages.PACKAGE / current)
+    return seen
+
+
+@pytest.mark.parametrize("name", [s.name for s in table(FLOWERS).values()])
+def test_each_stage_fingerprints_the_code_it_runs(name):
+    """A stage's code list names real files, all within what its entry module imports, and
+    every module that entry imports is either listed, plumbing, or declared as side code."""
+    stage = table(FLOWERS)[name]
+    for path in stages.code_files(stage):
+        assert path.is_file(), path
+    entry = stage.code[0]
+    reachable = _closure(entry)
+    listed = {c for c in stage.code if c.endswith(".py")}
+    assert listed <= reachable, f"{name} lists code its entry never imports"
+    unexplained = reachable - listed - PLUMBING - set(stage.side_code)
+    assert not unexplained, f"{name}: {entry} imports {unexplained}; list them in its code"
+
+
+def test_a_code_change_changes_exactly_the_fingerprints_of_the_stages_that_run_it(
+    tmp_path, monkeypatch
+):
+    package = tmp_path / "ddpm"
+    package.mkdir()
+    for path in stages.PACKAGE.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            (package / path.relative_to(stages.PACKAGE)).parent.mkdir(exist_ok=True)
+            (package / path.relative_to(stages.PACKAGE)).write_bytes(path.read_bytes())
+    monkeypatch.setattr(stages, "PACKAGE", package)
+    before = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
+    with open(package / "unet.py", "a") as f:
+        f.write("# edited\n")
+    after = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
+    assert {n for n in before if before[n] != after[n]} == {"train", "sample"}
+
+
+def test_sampler_axes_make_variants_of_the_same_networks():
+    cfg = config_from_dict(
+        {
+            **TINY,
+            "grid": {"T": [20, 30], "sample.steps": [2, 4], "eta": [0.0, 1.0]},
+        }
+    )
+    the_plan = plan(cfg)
+    assert [n.id for n in the_plan.networks] == ["T~20", "T~30"]
+    assert len(the_plan.variants) == 8
+    assert "T~30/sample.steps~4_eta~1.0" in [v.key for v in the_plan.variants]
+    assert the_plan.network_axes == ["T"] and the_plan.variant_axes == ["sample.steps", "eta"]
+    variant = next(v for v in the_plan.variants if v.key == "T~30/sample.steps~4_eta~1.0")
+    assert variant.config.diffusion.T == 30 and variant.config.sample.eta == 1.0
+    # The training settings of every variant of a network are the network's.
+    train = table(cfg)["train"]
+    for v in the_plan.variants:
+        network = next(n for n in the_plan.networks if n.id == v.network)
+        assert stages.settings_of(train, v.config) == stages.settings_of(train, network.config)
+
+
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ("data.image_size", "runs once for every run"),
+        ("evaluate.reference_max_images", "runs once for every run"),
+        ("report.title", "read by no training, sampling or evaluation stage"),
+        ("data.workers", "cannot change a result"),
+        ("sample.batch_size", "cannot change a result"),
+    ],
+)
+def test_an_axis_that_cannot_vary_per_run_is_refused(axis, message):
+    values = {"data.image_size": [16, 32], "evaluate.reference_max_images": [8, 16]}.get(
+        axis, ["a", "b"] if axis == "report.title" else [1, 2]
+    )
+    cfg = config_from_dict({**TINY, "grid": {axis: values}})
+    with pytest.raises(ConfigError, match=message) as e:
+        plan(cfg)
+    assert axis in str(e.value)
+
+
+def test_settings_files_hold_exactly_what_each_stage_reads():
+    files = {name: json.loads(text) for name, text in stages.all_settings(SYNTHETIC).items()}
+    assert set(files) == {
+        "preprocess",
+        "inception_weights",
+        "reference_stats",
+        "train/T~20",
+        "train/T~30",
+        "sample/T~20/default",
+        "sample/T~30/default",
+        "evaluate/T~20/default",
+        "evaluate/T~30/default",
+        "summary",
+        "report",
+    }
+    assert set(files["train/T~20"]["settings"]) == {"model", "diffusion", "train"}
+    assert files["train/T~30"]["settings"]["diffusion"]["T"] == 30
+    assert set(files["sample/T~20/default"]["settings"]) == {"sample"}
+    assert "batch_size" not in files["sample/T~20/default"]["settings"]["sample"]
+    assert "workers" not in files["preprocess"]["settings"]["data"]
+    assert "report" not in files["summary"]["settings"]
+    assert files["report"]["settings"]["grid"] == {"T": [20, 30]}
+    for name, document in files.items():
+        assert document["stage"] == name.split("/")[0] and len(document["code"]) == 16
+
+
+def test_a_job_cannot_use_a_setting_its_stage_does_not_declare():
+    cfg, document = stages.prepare("evaluate", SYNTHETIC, "T~20")
+    assert cfg.evaluate.is_splits == 2
+    assert cfg.evaluate.batch_size == 16, "tuning settings are passed, not fingerprinted"
+    for use in (lambda: cfg.train.lr * 2, lambda: f"{cfg.diffusion.T}", lambda: bool(cfg.grid)):
+        with pytest.raises(UndeclaredSettingError, match="does not declare"):
+            use()
+
+
+@pytest.mark.parametrize("cfg", [FLOWERS, SYNTHETIC], ids=["flowers102", "synthetic"])
+def test_the_commands_both_tools_run_parse(cfg):
+    """Every command the table makes (as Snakemake and DVC run it) is one the CLI accepts."""
+    parser = build_parser()
+    the_plan = plan(cfg)
+    for stage in table(cfg).values():
+        for instance in stages.instances(stage, cfg, the_plan):
+            args = stages.command_args(stage, lambda t, i=instance: stages.fill(t, i) if i else t)
+            argv = [stage.command, "--settings", stages.settings_path(cfg, stage, instance)]
+            if stage.tunes:
+                argv += ["--tune", ",".join(f"{k}=1" for k in stage.tunes)]
+            parsed = parser.parse_args(argv + args)
+            assert parsed.command == stage.command
+
+
+def test_settings_files_must_belong_to_the_stage(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(stages.all_settings(SYNTHETIC)["train/T~20"])
+    with pytest.raises(stages.SettingsError, match="settings of stage 'train'"):
+        stages.read_settings(path, table(SYNTHETIC)["sample"])
+    path.write_text("{not json")
+    with pytest.raises(stages.SettingsError, match="unreadable"):
+        stages.read_settings(path, table(SYNTHETIC)["train"])
