@@ -27,6 +27,7 @@ from ddpm.stages import (
     expand,
     fill,
     plan,
+    quote,
     settings_path,
     table,
 )
@@ -75,11 +76,12 @@ def _stage_entry(stage: Stage, cfg: Config, the_plan: Plan, config_path: str) ->
     def path(template: str) -> str:
         return fill(template, instance) if instance else template
 
-    cmd = ["python", "-m", "ddpm", stage.command, "--settings", settings_path(cfg, stage, instance)]
+    settings = settings_path(cfg, stage, instance)
+    cmd = ["python", "-m", "ddpm", stage.command, "--settings", quote(settings)]
     if stage.tunes:
-        cmd += ["--tune-from", config_path]
+        cmd += ["--tune-from", quote(config_path)]
     cmd += command_args(stage, path)
-    deps = [settings_path(cfg, stage, instance)]
+    deps = [settings]
     for template in stage.deps.values():
         deps += expand(template, the_plan) if stage.scope == "all" else [path(template)]
     outs: list = [path(t) for name, t in stage.outs.items() if (stage.name, name) not in METRICS]
@@ -102,8 +104,8 @@ def render(cfg: Config, config_path: str) -> str:
     code = sorted({c for s in stages.values() for c in s.code} | set(SETTINGS_CODE))
     entries: dict[str, dict] = {
         "settings": {
-            "cmd": f"python -m ddpm settings --config {config_path} --dvc-yaml dvc.yaml "
-            f"--out {settings_dir}",
+            "cmd": f"python -m ddpm settings --config {quote(config_path)} --dvc-yaml dvc.yaml "
+            f"--out {quote(settings_dir)}",
             "deps": [config_path] + [f"ddpm/{name}" for name in code],
             "outs": [settings_dir],
         }

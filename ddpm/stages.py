@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -257,11 +258,6 @@ def table(cfg: Config) -> dict[str, Stage]:
     return {s.name: s for s in _stages(cfg)}
 
 
-def stage_names() -> list[str]:
-    """Every stage that any config can have."""
-    return [s.name for s in _stages(Config())]
-
-
 def get_stage(name: str, cfg: Config | None = None) -> Stage:
     stages = table(cfg or Config())
     if name not in stages:
@@ -475,10 +471,6 @@ def settings_document(stage: Stage, instance: str, instance_cfg: Config) -> dict
     }
 
 
-def settings_text(document: dict) -> str:
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
-
 def all_settings(cfg: Config) -> dict[str, str]:
     """Every settings file of the pipeline: name (see `settings_name`) -> text."""
     the_plan = plan(cfg)
@@ -486,25 +478,16 @@ def all_settings(cfg: Config) -> dict[str, str]:
     for stage in table(cfg).values():
         for instance, instance_cfg in instances(stage, cfg, the_plan).items():
             document = settings_document(stage, instance, instance_cfg)
-            out[settings_name(stage, instance)] = settings_text(document)
+            text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+            out[settings_name(stage, instance)] = text
     return out
 
 
-def write_settings(path: str | Path, text: str) -> None:
-    """Write one settings file (complete or not at all)."""
-    atomic_write_bytes(path, text.encode())
-
-
 def write_all_settings(cfg: Config, folder: str | Path) -> list[str]:
-    """Write every settings file of `cfg` under `folder` (removing ones no stage has any more)."""
-    folder = Path(folder)
+    """Write every settings file of `cfg` under `folder`; returns their names."""
     texts = all_settings(cfg)
     for name, text in texts.items():
-        write_settings(folder / f"{name}.json", text)
-    wanted = {folder / f"{name}.json" for name in texts}
-    for old in folder.rglob("*.json") if folder.exists() else []:
-        if old not in wanted:
-            old.unlink()
+        atomic_write_bytes(Path(folder) / f"{name}.json", text.encode())
     return sorted(texts)
 
 
@@ -565,14 +548,17 @@ def prepare(name: str, cfg: Config, run: str | None = None) -> tuple[Config, dic
 
 # -- the command a tool runs ---------------------------------------------------------------------
 
-SAFE = re.compile(r"^[A-Za-z0-9_./~+=:-]+$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_./~+=:@%,${}-]+$")  # needs no quoting in a shell command
+
+
+def quote(path: str) -> str:
+    """A path as a shell word: as it is when it is plain (ids hold `~`, templates `{}`/`${}`)."""
+    return path if _PLAIN.match(path) else shlex.quote(path)
 
 
 def command_args(stage: Stage, fmt) -> list[str]:
     """The options after `--settings S`, each path template passed through `fmt`."""
     out = list(stage.flags)
     for flag, template in stage.args:
-        path = fmt(template)
-        assert SAFE.match(path.replace("{", "").replace("}", "").replace("$", "")), path
-        out += [flag, path]
+        out += [flag, quote(fmt(template))]
     return out

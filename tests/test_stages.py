@@ -188,3 +188,14 @@ def test_settings_files_must_belong_to_the_stage(tmp_path):
     path.write_text("{not json")
     with pytest.raises(stages.SettingsError, match="unreadable"):
         stages.read_settings(path, table(SYNTHETIC)["train"])
+
+
+def test_paths_with_spaces_reach_the_command_as_one_word(tmp_path):
+    import shlex
+
+    cfg = config_from_dict({**TINY, "results_dir": "my results"})
+    stage = table(cfg)["train"]
+    words = shlex.split(" ".join(stages.command_args(stage, lambda t: stages.fill(t, "T~20"))))
+    assert words[-2:] == ["--out", "my results/runs/T~20"]
+    plain = stages.command_args(table(SYNTHETIC)["train"], lambda t: stages.fill(t, "T~20"))
+    assert plain[-1] == "results/runs/T~20", "plain paths stay unquoted"

@@ -9,44 +9,41 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
 from ddpm.config import load_config
 from ddpm.data import preprocess
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.sampling import generate
 from ddpm.stages import prepare
-from ddpm.train import TrainingError, load_checkpoint, read_log, train
+from ddpm.train import TIMING_FIELDS, TrainingError, load_checkpoint, read_log, train
 
 RUN = "T~50"
 
 
 def write_config(path, **train_overrides):
+    """The shared tiny config, with one network of T = 50 trained a little longer."""
     raw = {
+        **TINY,
         "grid": {"T": [50]},
-        "data": {"source": "synthetic", "synthetic_count": 128, "image_size": 16},
-        "model": {"preset": "tiny"},
+        "data": {**TINY["data"], "synthetic_count": 128},
         "train": {
-            "device": "cpu",
-            "batch_size": 8,
+            **TINY["train"],
             "steps": 40,
             "warmup_steps": 5,
             "lr": 1.0e-3,
             "checkpoint_every": 5,
             "log_every": 5,
-            "preview_every": 0,
             "ema_decay": 0.99,
             **train_overrides,
         },
         "sample": {
-            "method": "ddim",
+            **TINY["sample"],
             "steps": 10,
             "num_images": 12,
             "batch_size": 5,
-            "device": "cpu",
-            "trajectory_images": 2,
             "trajectory_points": 4,
         },
-        "report": {"grid_images": 9},
     }
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -141,6 +138,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
+    """SIGTERM between log rows: the checkpoint carries the losses since the last row, so the
+    resumed run's log and summary equal an uninterrupted run's (apart from timing columns)."""
     config, data = setup
     config = write_config(config, checkpoint_every=1000, steps=400)  # only SIGTERM checkpoints
     out = tmp_path / "run"
@@ -155,11 +154,27 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     assert "SIGTERM" in err and "Run the same command again to resume" in err
     step = load_checkpoint(out / "checkpoint.pt")["step"]
     assert 0 < step < 400
-    write_config(config, checkpoint_every=1000, steps=step + 5)  # more steps may be asked for
+    total = step + 7 if step % 5 else step + 5  # an interruption between rows, then some more
+    write_config(config, checkpoint_every=1000, steps=total)  # more steps may be asked for
     r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"from step {step}" in r.stdout
-    assert load_checkpoint(out / "final.pt")["step"] == step + 5
+    assert load_checkpoint(out / "final.pt")["step"] == total
+
+    straight = tmp_path / "straight"
+    assert subprocess.run(train_cmd(config, data, straight), capture_output=True).returncode == 0
+    assert_same_weights(ema_weights(out), ema_weights(straight))
+
+    def untimed(rows):
+        return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
+
+    resumed_log = read_log(out / "train_log.csv")
+    assert untimed(resumed_log) == untimed(read_log(straight / "train_log.csv"))
+    assert [r["step"] for r in resumed_log] == [*range(5, total + 1, 5)] + (
+        [total] if total % 5 else []
+    )
+    summaries = [json.loads((d / "train_summary.json").read_text()) for d in (out, straight)]
+    assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
 
 
 def test_damaged_checkpoint_and_changed_settings_give_clear_errors(setup, tmp_path):
