@@ -214,9 +214,10 @@ def cmd_evaluate(args) -> None:
 
     ec = _job(args, "evaluate")[0].evaluate
     m = evaluate(ec, args.samples, args.reference, args.weights, args.out)
+    is_spread = "" if m["is_std"] is None else f" +- {m['is_std']:.3f}"
     print(
         f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}, "
-        f"IS {m['is_mean']:.3f} +- {m['is_std']:.3f}, KID {m['kid_mean']:.5f} +- "
+        f"IS {m['is_mean']:.3f}{is_spread}, KID {m['kid_mean']:.5f} +- "
         f"{m['kid_std']:.5f} (N = {m['n_generated']}); wrote {args.out}"
     )
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from ddpm.errors import PipelineError
+from ddpm.schedules import RENAMED, SCHEDULES
 
 
 class ConfigError(PipelineError, ValueError):
@@ -49,6 +50,9 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth"
 )
+
+# Values that meant something else once: the error for them says what to write instead.
+RENAMED_VALUES = {"diffusion.schedule": RENAMED}
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -105,8 +109,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DiffusionConfig:
     T: int = setting(1000, "number of diffusion steps", ge=2, le=100_000)
-    schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = setting(
-        "linear", "beta schedule (see ddpm/schedules.py)"
+    schedule: Literal[tuple(SCHEDULES)] = setting(  # type: ignore[valid-type]
+        "linear", "beta schedule (one function each in ddpm/schedules.py)"
     )
     beta_start: float = setting(1.0e-4, "first beta of the linear schedules", gt=0.0, lt=1.0)
     beta_end: float = setting(2.0e-2, "last beta of the linear schedules", gt=0.0, lt=1.0)
@@ -276,7 +280,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
         raise bad()
     if origin is Literal:
         if value not in args:
-            raise bad()
+            raise bad(
+                f"; use {RENAMED_VALUES[key][value]}"
+                if value in RENAMED_VALUES.get(key, {})
+                else ""
+            )
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -350,7 +358,7 @@ def _build(cls, data: dict, prefix: str):
 def _check_consistency(cfg: Config) -> None:
     """Checks that involve more than one key."""
     d = cfg.diffusion
-    if d.schedule in ("linear", "scaled_linear") and d.beta_start >= d.beta_end:
+    if d.schedule in ("linear", "rescaled_linear") and d.beta_start >= d.beta_end:
         raise ConfigError(
             f"diffusion.beta_start ({d.beta_start}) must be smaller than "
             f"diffusion.beta_end ({d.beta_end})"
@@ -522,6 +530,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ConfigError(
+            f"{path} is empty; write at least the settings that differ from the defaults (an "
+            "empty file is far more often a mistake than a wish for every default)"
+        )
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as e:

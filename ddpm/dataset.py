@@ -28,7 +28,13 @@ def read_manifest(tensor_path: str | Path) -> dict:
     path = manifest_path(tensor_path)
     if not path.exists():
         raise DataError(f"{path} is missing: {tensor_path} is incomplete; run preprocess again")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable manifest ({e}); run preprocess again") from None
+    if not isinstance(manifest, dict) or "sha256" not in manifest:
+        raise DataError(f"{path} is not a dataset manifest (no sha256); run preprocess again")
+    return manifest
 
 
 def load_dataset(path: str | Path, device="cpu", verify: bool = True):

@@ -75,7 +75,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """JSON that strict readers (jq, JavaScript) accept: a NaN or infinity raises instead of
+    being written as a bare `NaN`."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def save_torch(path: str | Path, obj) -> None:

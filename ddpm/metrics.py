@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -175,16 +176,18 @@ def kid(
     return float(mean), float(std), size
 
 
-def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float, float]:
-    """IS from float64 logits (float32 gives NaN when a class has zero marginal probability)."""
+def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float, float | None]:
+    """IS from float64 logits (float32 gives NaN when a class has zero marginal probability),
+    and its spread over the splits: None with one split, where no spread exists."""
     from torchmetrics.image.inception import InceptionScore
 
-    metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=min(splits, len(logits)))
+    splits = min(splits, len(logits))
+    metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)
     metric.update(logits.double())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mean, std = metric.compute()
-    return float(mean), float(std)
+    return float(mean), float(std) if splits > 1 else None
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -258,18 +261,37 @@ def _load_reference(path: str | Path) -> dict:
 
 
 def load_samples(path: str | Path) -> torch.Tensor:
-    """uint8 samples [N x 3 x H x W] from samples.npz; floats are clamped and rounded."""
+    """uint8 samples [N x 3 x H x W] from samples.npz, as `python -m ddpm sample` writes them.
+
+    Anything else is refused rather than guessed at: float images could be in [-1, 1], [0, 1]
+    or [0, 255], and a wrong guess gives a meaningless FID without any error."""
     path = Path(path)
     if not path.exists():
         raise MetricsError(f"samples {path} not found; run `python -m ddpm sample` first")
-    with np.load(path) as f:
-        images = torch.from_numpy(f["images"])
-    if images.dtype != torch.uint8:
-        # Clamp and round ourselves: torchmetrics' normalize=True would truncate and wrap.
-        images = ((images.double().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise MetricsError(f"{path}: expected images [N x 3 x H x W], got {tuple(images.shape)}")
-    return images
+    try:
+        # Open the file ourselves: np.load leaves it open when the zip inside is damaged.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            if "images" not in f:
+                raise MetricsError(
+                    f"{path} has no `images` array (it holds: {', '.join(f.files) or 'nothing'}); "
+                    "write samples with `python -m ddpm sample`"
+                )
+            images = f["images"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise MetricsError(
+            f"{path} is not a readable .npz file ({type(e).__name__}); sample again"
+        ) from None
+    if images.dtype != np.uint8:
+        raise MetricsError(
+            f"{path}: images are {images.dtype} (values {images.min():.4g}..{images.max():.4g}), "
+            "expected uint8 in 0..255; convert them yourself, e.g. from [-1, 1] with "
+            "((x.clip(-1, 1) + 1) * 127.5).round().astype('uint8')"
+        )
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 2:
+        raise MetricsError(
+            f"{path}: expected images [N x 3 x H x W] with N >= 2, got {images.shape}"
+        )
+    return torch.from_numpy(images)
 
 
 def evaluate(

@@ -167,22 +167,28 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 GRID_IMAGES = 64  # samples in grid.png (the report draws its own grids from samples.npz)
 
 
+def load_final(path: str | Path) -> dict:
+    """A network's final.pt (EMA weights and the training settings), checked."""
+    state = load_torch(
+        path,
+        PipelineError,
+        missing="train the network first",
+        damaged="Train the network again (or restore final.pt, e.g. `dvc pull`).",
+    )
+    if not isinstance(state, dict) or not {"ema", "settings", "image_size", "step"} <= set(state):
+        raise PipelineError(
+            f"{path} is not a final.pt written by `python -m ddpm train` of this version; "
+            "train the network again"
+        )
+    return state
+
+
 def load_network(ckpt_path: str | Path, device: torch.device):
     """The EMA network of `final.pt`, built from the training settings stored in it, and its
     diffusion: (model, diffusion, state). Sampling needs no training settings of its own."""
     from ddpm.stages import get_stage, job_config
 
-    state = load_torch(
-        ckpt_path,
-        PipelineError,
-        missing="train the network first",
-        damaged="Train the network again (or restore final.pt, e.g. `dvc pull`).",
-    )
-    if not isinstance(state, dict) or not {"ema", "settings", "image_size"} <= set(state):
-        raise PipelineError(
-            f"{ckpt_path} is not a final.pt written by `python -m ddpm train` of this version; "
-            "train the network again"
-        )
+    state = load_final(ckpt_path)
     train_cfg = job_config(get_stage("train"), state["settings"])
     model = build_unet(train_cfg.model, state["image_size"])
     model.load_state_dict(state["ema"])

@@ -1,19 +1,51 @@
 """Beta schedules by name, and the numbers that say where a schedule ends.
 
-All schedules return float64 betas of shape [T]; index t = 0 is the first (least noisy) step.
+One function per schedule, registered by name with `@schedule`: the config's allowed values, the
+generated docs and the error messages all come from that registry. All schedules return float64
+betas of shape [T]; index t = 0 is the first (least noisy) step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
-SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "sigmoid")
-
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021 clip betas here to avoid a singularity at t = T
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """The knobs of the schedules; each schedule uses the ones it names."""
+
+    beta_start: float = 1.0e-4
+    beta_end: float = 2.0e-2
+    cosine_s: float = 0.008
+    sigmoid_start: float = -3.0
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
+
+
+Schedule = Callable[[int, ScheduleParams], torch.Tensor]
+SCHEDULES: dict[str, Schedule] = {}  # name -> betas(T, params), filled by @schedule below
+# Names that meant something else once, and what to write instead.
+RENAMED = {
+    "scaled_linear": "rescaled_linear (the linear range times 1000 / T, improved-diffusion's "
+    "`linear`); this project's scaled_linear was renamed because diffusers' scaled_linear means "
+    "linear in sqrt(beta)",
+}
+
+
+def schedule(name: str):
+    """Register a schedule function under `name` (the config's allowed values come from here)."""
+
+    def register(fn: Schedule) -> Schedule:
+        SCHEDULES[name] = fn
+        return fn
+
+    return register
 
 
 def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -21,59 +53,64 @@ def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
     return (1.0 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
 
 
-def make_betas(
-    name: ScheduleName,
-    T: int,
-    *,
-    beta_start: float = 1.0e-4,
-    beta_end: float = 2.0e-2,
-    cosine_s: float = 0.008,
-    sigmoid_start: float = -3.0,
-    sigmoid_end: float = 3.0,
-    sigmoid_tau: float = 1.0,
-) -> torch.Tensor:
-    """The beta schedule `name` with T steps, float64 [T].
+def _linear_range(name: str, T: int, lo: float, hi: float) -> torch.Tensor:
+    if not 0.0 < lo < hi < 1.0:
+        raise ValueError(
+            f"{name} schedule with T={T} gives betas from {lo:g} to {hi:g}; "
+            "they must satisfy 0 < beta_start < beta_end < 1"
+        )
+    return torch.linspace(lo, hi, T, dtype=torch.float64)
 
-    - `linear`: beta_start..beta_end whatever T is (Ho et al. 2020; diffusers' DDPMScheduler).
-      With small T, alpha_bar_T stays well above 0: T = 350 ends at alpha_bar_T ~ 0.03.
-    - `scaled_linear`: the same range scaled by 1000 / T (improved-diffusion's `linear`), so
-      every T ends near the same alpha_bar_T. (Not diffusers' "scaled_linear": that one is
-      linear in sqrt(beta).)
-    - `cosine`: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) (Nichol & Dhariwal 2021,
-      eq. 17), betas clipped at 0.999.
-    - `sigmoid`: alpha_bar(t) follows a sigmoid between `sigmoid_start` and `sigmoid_end` with
-      temperature `sigmoid_tau` (Jabri et al. 2022), betas clipped at 0.999.
-    """
+
+@schedule("linear")
+def linear(T: int, p: ScheduleParams) -> torch.Tensor:
+    """beta_start..beta_end whatever T is (Ho et al. 2020; diffusers' DDPMScheduler "linear").
+    With small T, alpha_bar_T stays well above 0: T = 350 ends at alpha_bar_T ~ 0.03."""
+    return _linear_range("linear", T, p.beta_start, p.beta_end)
+
+
+@schedule("rescaled_linear")
+def rescaled_linear(T: int, p: ScheduleParams) -> torch.Tensor:
+    """The linear range times 1000 / T (improved-diffusion's `linear`, Nichol & Dhariwal 2021),
+    so every T ends near the same alpha_bar_T; equal to `linear` at T = 1000."""
+    scale = 1000.0 / T
+    return _linear_range("rescaled_linear", T, scale * p.beta_start, scale * p.beta_end)
+
+
+@schedule("cosine")
+def cosine(T: int, p: ScheduleParams) -> torch.Tensor:
+    """alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) (Nichol & Dhariwal 2021, eq. 17),
+    betas clipped at 0.999."""
+    if not 0.0 <= p.cosine_s < 1.0:
+        raise ValueError(f"cosine_s must be in [0, 1), got {p.cosine_s}")
+    t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
+    alpha_bar = torch.cos((t + p.cosine_s) / (1 + p.cosine_s) * math.pi / 2) ** 2
+    return _betas_from_alpha_bar(alpha_bar / alpha_bar[0])
+
+
+@schedule("sigmoid")
+def sigmoid(T: int, p: ScheduleParams) -> torch.Tensor:
+    """alpha_bar(t) follows a sigmoid between `sigmoid_start` and `sigmoid_end` with
+    temperature `sigmoid_tau` (Jabri et al. 2022), betas clipped at 0.999."""
+    if not p.sigmoid_start < p.sigmoid_end or p.sigmoid_tau <= 0:
+        raise ValueError("sigmoid schedule needs sigmoid_start < sigmoid_end and sigmoid_tau > 0")
+    t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
+    v_start = torch.tensor(p.sigmoid_start / p.sigmoid_tau, dtype=torch.float64).sigmoid()
+    v_end = torch.tensor(p.sigmoid_end / p.sigmoid_tau, dtype=torch.float64).sigmoid()
+    s = ((t * (p.sigmoid_end - p.sigmoid_start) + p.sigmoid_start) / p.sigmoid_tau).sigmoid()
+    return _betas_from_alpha_bar((v_end - s) / (v_end - v_start))
+
+
+def make_betas(name: str, T: int, **params: float) -> torch.Tensor:
+    """The beta schedule `name` with T steps, float64 [T]; `params` are `ScheduleParams`."""
     if not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T!r}")
-    if name in ("linear", "scaled_linear"):
-        scale = 1000.0 / T if name == "scaled_linear" else 1.0
-        lo, hi = scale * beta_start, scale * beta_end
-        if not 0.0 < lo < hi < 1.0:
-            raise ValueError(
-                f"{name} schedule with T={T} gives betas from {lo:g} to {hi:g}; "
-                "they must satisfy 0 < beta_start < beta_end < 1"
-            )
-        betas = torch.linspace(lo, hi, T, dtype=torch.float64)
-    elif name == "cosine":
-        if not 0.0 <= cosine_s < 1.0:
-            raise ValueError(f"cosine_s must be in [0, 1), got {cosine_s}")
-        t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
-        alpha_bar = torch.cos((t + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
-        betas = _betas_from_alpha_bar(alpha_bar / alpha_bar[0])
-    elif name == "sigmoid":
-        if not sigmoid_start < sigmoid_end or sigmoid_tau <= 0:
-            raise ValueError(
-                "sigmoid schedule needs sigmoid_start < sigmoid_end and sigmoid_tau > 0"
-            )
-        t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
-        v_start = torch.tensor(sigmoid_start / sigmoid_tau, dtype=torch.float64).sigmoid()
-        v_end = torch.tensor(sigmoid_end / sigmoid_tau, dtype=torch.float64).sigmoid()
-        s = ((t * (sigmoid_end - sigmoid_start) + sigmoid_start) / sigmoid_tau).sigmoid()
-        alpha_bar = (v_end - s) / (v_end - v_start)
-        betas = _betas_from_alpha_bar(alpha_bar)
-    else:
-        raise ValueError(f"unknown beta schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if name not in SCHEDULES:
+        hint = f"; use {RENAMED[name]}" if name in RENAMED else ""
+        raise ValueError(
+            f"unknown beta schedule {name!r}; choose one of {', '.join(SCHEDULES)}{hint}"
+        )
+    betas = SCHEDULES[name](T, ScheduleParams(**params))
     if not bool(((betas > 0) & (betas < 1)).all()):
         raise ValueError(f"{name} schedule with T={T} produced betas outside (0, 1)")
     return betas

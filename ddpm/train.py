@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path) -> dict:
         missing="run `python -m ddpm train`",
         damaged="Restore it (e.g. `dvc pull`) or delete it to train this run from scratch.",
     )
-    if not isinstance(state, dict) or "step" not in state or "settings" not in state:
+    needed = {"step", "settings", "model", "ema", "optimizer", "scaler", "log", "rng"}
+    if not isinstance(state, dict) or not needed <= set(state):
         raise TrainingError(
             f"{path} is not a training checkpoint of this version of ddpm-pipeline; move it "
             "away (or delete it) to train this run from scratch"

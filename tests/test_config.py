@@ -53,8 +53,11 @@ def test_bad_values_name_the_key(raw, key):
 def test_error_lists_valid_keys_and_allowed_values():
     with pytest.raises(ConfigError, match="valid keys in train: .*batch_size"):
         config_from_dict({"train": {"batchsize": 3}})
-    with pytest.raises(ConfigError, match="'linear', 'scaled_linear', 'cosine', 'sigmoid'"):
+    with pytest.raises(ConfigError, match="'linear', 'rescaled_linear', 'cosine', 'sigmoid'"):
         config_from_dict({"diffusion": {"schedule": "quad"}})
+    # A name that diffusers uses for something else was renamed; the error says to what.
+    with pytest.raises(ConfigError, match="use rescaled_linear .*linear in sqrt"):
+        config_from_dict({"diffusion": {"schedule": "scaled_linear"}})
     with pytest.raises(ConfigError, match="1.0e-4"):
         config_from_dict({"train": {"lr": "2e-4"}})
 

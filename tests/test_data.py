@@ -245,7 +245,9 @@ def test_worker_failure_is_reported_and_leaves_no_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "grayscale"])
 def test_reduced_jpeg_decode_matches_pillow_draft(tmp_path, kind):
-    """The simplejpeg path gives the pixels Pillow's draft mode gives, at the same scale."""
+    """The simplejpeg path gives the pixels Pillow's draft mode gives, at the same scale: here
+    1/4, the smallest that keeps both sides at least 1.5 times the target (51 for 34). (libjpeg
+    also scales by other multiples of 1/8, which Pillow's draft mode does not use.)"""
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 255, (203, 250, 3), dtype=np.uint8))
     path = tmp_path / "x.jpg"
@@ -254,10 +256,10 @@ def test_reduced_jpeg_decode_matches_pillow_draft(tmp_path, kind):
     else:
         img.save(path, progressive=kind == "progressive")
     with Image.open(path) as ref:
-        ref.draft("RGB", (40, 40))
+        ref.draft("RGB", (50, 50))  # Pillow picks its scale as min(203 // 50, 250 // 50) = 4
         expected = np.asarray(ref.convert("RGB"))
-    got = np.asarray(_decode_reduced(path, 40))
-    assert got.shape == expected.shape == (51, 63, 3)  # 1/4 scale: the smallest >= 40
+    got = np.asarray(_decode_reduced(path, 34))
+    assert got.shape == expected.shape == (51, 63, 3)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -290,3 +292,66 @@ def test_resize_filter_is_recorded_and_used(tmp_path):
         files[resample] = np.load(tmp_path / f"{resample}.npy").astype(int)
     difference = np.abs(files["bilinear"] - files["bicubic"])
     assert 0 < difference.mean() < 20  # the same images, filtered differently
+
+
+def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour fields, hard edges and a little noise: what a resize filter must handle."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack(
+        [128 + 100 * np.sin(6 * x + 3 * y), 128 + 90 * np.cos(9 * y), 255 * (x > 0.5) * (y < 0.6)],
+        axis=-1,
+    )
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("side", [64, 96, 100, 128, 200, 256, 333, 500, 512, 640, 768, 1024])
+def test_reduced_decoding_stays_close_to_a_full_antialiased_resize(tmp_path, side):
+    """Whatever the input size, the fast path (reduced DCT scale, then an antialiased resize)
+    is within 2/255 on average of decoding in full and resizing with Pillow's antialiased
+    bilinear filter; at 512 px decoding straight to 64 px at 1/8 scale was 3.4/255 off."""
+    h, w = side, side * 5 // 4
+    path = tmp_path / "x.jpg"
+    Image.fromarray(_photo_like(h, w)).save(path, quality=95)
+    with Image.open(path) as full:
+        square = (max(0, (w - h) / 2), 0, max(0, (w - h) / 2) + min(h, w), min(h, w))
+        reference = np.asarray(full.convert("RGB").resize((64, 64), Image.BILINEAR, box=square))
+    ours = load_square(path, 64)
+    error = np.abs(ours.astype(float) - reference).mean()
+    assert error < 2.0, f"{side}px: {error:.2f}/255 from the reference resize"
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an orientation tag comes out upright, as cameras, browsers
+    and torchvision / Pillow's exif_transpose show it."""
+    upright = np.zeros((40, 20, 3), np.uint8)  # tall: top half red, bottom half blue
+    upright[:20, :, 0] = upright[20:, :, 2] = 255
+    stored = np.rot90(upright, k=-1)  # stored turned 90 degrees clockwise: 20 x 40
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 degrees counter-clockwise to view"
+    for name in ("photo.jpg", "photo.png"):
+        Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / name, exif=exif)
+        pixels = load_square(tmp_path / name, 8).astype(int)
+        top, bottom = pixels[:3].mean(axis=(0, 1)), pixels[-3:].mean(axis=(0, 1))
+        assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], name
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pixels = load_square(tmp_path / "deep.png", 32)
+    expected = np.round(ramp / 257.0)
+    assert np.abs(pixels[..., 0].astype(float) - expected).max() <= 1
+    assert pixels.std() > 60, "a ramp, not a white square"
+
+
+def test_a_jpeg_corrupted_mid_stream_is_unreadable_not_smeared(tmp_path):
+    data = io.BytesIO()
+    Image.fromarray(_photo_like(60, 80)).save(data, "JPEG")
+    bad = bytearray(data.getvalue())
+    mid = len(bad) // 2
+    bad[mid : mid + 40] = bytes(0xFF if k % 2 else 0x00 for k in range(40))
+    (tmp_path / "bad.jpg").write_bytes(bytes(bad))
+    with pytest.raises(DataError, match="damaged JPEG"):
+        load_square(tmp_path / "bad.jpg", 16)

@@ -1,6 +1,6 @@
 import pytest
 
-from ddpm.files import atomic_path, atomic_write_bytes, file_digest
+from ddpm.files import atomic_path, atomic_write_bytes, atomic_write_json, file_digest
 
 
 def test_atomic_path_renames_only_a_finished_file(tmp_path):
@@ -29,3 +29,12 @@ def test_file_digest_reads_in_chunks(tmp_path):
     (tmp_path / "f").write_bytes(data)
     assert file_digest(tmp_path / "f", chunk=1000) == hashlib.sha256(data).hexdigest()
     assert file_digest(tmp_path / "f", "md5") == hashlib.md5(data).hexdigest()
+
+
+def test_json_is_strict_no_bare_nan(tmp_path):
+    """metrics.json and friends must parse in strict readers (jq, JavaScript)."""
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "m.json", {"is_std": float("nan")})
+    assert not (tmp_path / "m.json").exists()
+    atomic_write_json(tmp_path / "m.json", {"is_std": None})
+    assert (tmp_path / "m.json").read_text() == '{\n  "is_std": null\n}\n'

@@ -66,15 +66,23 @@ def test_test_weights_give_varying_features_and_sensible_distances(net):
     assert other < far
 
 
-def test_out_of_range_samples_are_clamped_not_wrapped(tmp_path):
-    x = np.zeros((2, 3, 4, 4), np.float32)
-    x[0] = 1.5  # above range: must become 255, not wrap to a small value
-    x[1] = -2.0
+def test_samples_are_uint8_and_float_samples_are_refused_not_guessed(tmp_path):
+    """uint8 samples load as they are. Float samples could be in [-1, 1], [0, 1] or [0, 255];
+    clamping 0..255 floats as if in [-1, 1] once gave an FID of 1.8e6 without an error."""
     path = tmp_path / "s.npz"
-    np.savez(path, images=x)
-    images = load_samples(path)
-    assert images.dtype == torch.uint8
-    assert images[0].min().item() == 255 and images[1].max().item() == 0
+    pixels = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    np.savez(path, images=pixels)
+    assert torch.equal(load_samples(path), torch.from_numpy(pixels))
+    np.savez(path, images=pixels.astype(np.float32))
+    with pytest.raises(MetricsError, match="float32 .* expected uint8"):
+        load_samples(path)
+
+
+def test_one_is_split_has_no_spread_rather_than_nan():
+    logits = torch.randn(16, 1008, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean, std = metrics.inception_score(logits, splits=1, seed=0)
+    assert mean >= 1.0 and std is None
+    assert metrics.inception_score(logits, splits=4, seed=0)[1] > 0
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ def test_linear_has_fixed_endpoints_whatever_T():
         assert betas[-1].item() == pytest.approx(2e-2)
 
 
-def test_scaled_linear_equals_linear_at_1000_and_scales_elsewhere():
-    torch.testing.assert_close(make_betas("scaled_linear", 1000), make_betas("linear", 1000))
-    betas = make_betas("scaled_linear", 250)
+def test_rescaled_linear_equals_linear_at_1000_and_scales_elsewhere():
+    torch.testing.assert_close(make_betas("rescaled_linear", 1000), make_betas("linear", 1000))
+    betas = make_betas("rescaled_linear", 250)
     assert betas[0].item() == pytest.approx(4e-4)
     assert betas[-1].item() == pytest.approx(8e-2)
 
@@ -31,7 +31,7 @@ def test_cosine_alpha_bar_matches_closed_form():
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-@pytest.mark.parametrize("T", [25, 50, 350, 1000, 4000])  # scaled_linear needs T > 20
+@pytest.mark.parametrize("T", [25, 50, 350, 1000, 4000])  # rescaled_linear needs T > 20
 def test_every_schedule_is_valid(name, T):
     betas = make_betas(name, T)
     assert bool(((betas > 0) & (betas < 1)).all())
@@ -53,7 +53,7 @@ def test_t350_linear_ends_far_from_pure_noise():
         lambda: make_betas("linear", 1),
         lambda: make_betas("linear", 100, beta_start=0.02, beta_end=0.01),
         lambda: make_betas("linear", 100, beta_end=1.5),
-        lambda: make_betas("scaled_linear", 10),  # 1000/10 * 0.02 = 2.0
+        lambda: make_betas("rescaled_linear", 10),  # 1000/10 * 0.02 = 2.0
         lambda: make_betas("cosine", 100, cosine_s=-0.1),
         lambda: make_betas("quadratic", 100),
     ],

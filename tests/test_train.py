@@ -14,7 +14,7 @@ from conftest import TINY
 from ddpm.config import load_config
 from ddpm.data import preprocess
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.sampling import generate
+from ddpm.sampling import generate, load_final
 from ddpm.stages import prepare
 from ddpm.train import TIMING_FIELDS, TrainingError, load_checkpoint, read_log, train
 
@@ -76,7 +76,7 @@ def train_cmd(config, data, out):
 
 
 def ema_weights(run_dir):
-    return load_checkpoint(run_dir / "final.pt")["ema"]
+    return load_final(run_dir / "final.pt")["ema"]
 
 
 def assert_same_weights(a, b):
@@ -159,7 +159,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"from step {step}" in r.stdout
-    assert load_checkpoint(out / "final.pt")["step"] == total
+    assert load_final(out / "final.pt")["step"] == total
 
     straight = tmp_path / "straight"
     assert subprocess.run(train_cmd(config, data, straight), capture_output=True).returncode == 0

@@ -24,6 +24,7 @@ from conftest import (
     write_config,
 )
 
+from ddpm.sampling import load_final
 from ddpm.train import TIMING_FIELDS, load_checkpoint, read_log
 
 
@@ -156,7 +157,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
         str(straight),
     )
     run = project / "results/runs/T~20"
-    resumed, reference = load_checkpoint(run / "final.pt"), load_checkpoint(straight / "final.pt")
+    resumed, reference = load_final(run / "final.pt"), load_final(straight / "final.pt")
     for name, tensor in reference["ema"].items():
         assert torch.equal(resumed["ema"][name], tensor), name
     rows = read_log(run / "train_log.csv")
