@@ -181,6 +181,9 @@ class EvaluateConfig:
     kid_subset_size: int = setting(1000, "KID subset size (capped at the number of images)", ge=2)
     kid_subsets: int = setting(100, "KID subsets averaged", ge=1)
     is_splits: int = setting(10, "Inception Score splits", ge=1)
+    fid_halves: int = setting(
+        20, "random halves of the generated images whose FIDs give FID's +- (0: none)", ge=0
+    )
     reference_max_images: int | None = setting(
         None, "use at most this many real images for reference statistics (null: all)", ge=4
     )

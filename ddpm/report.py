@@ -38,6 +38,7 @@ COLUMNS = [
     "objective",
     "sampler",
     "nfe_per_image",
+    "sample_s_per_1000",
     "alpha_bar_T",
     "terminal_snr",
     "parameters",
@@ -47,13 +48,26 @@ COLUMNS = [
     "train_images_per_s",
     "final_loss",
 ]
-METRIC_KEYS = ["fid", "is_mean", "is_std", "kid_mean", "kid_std", "n_generated", "floor_fid"]
+METRIC_KEYS = [
+    "fid",
+    "fid_std",
+    "is_mean",
+    "is_std",
+    "kid_mean",
+    "kid_std",
+    "n_generated",
+    "floor_fid",
+]
 EVALUATION_KEYS = ["fid_reliable", "test_weights"]
 COLUMNS += METRIC_KEYS + EVALUATION_KEYS
 FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
 # alpha_bar_T below this with eps-prediction: the x_0 estimate at t = T is the network's error
 # divided by sqrt(alpha_bar_T), and with beta_T ~ 1 the first step keeps it (saturated colours).
 EPS_NEAR_ZERO = 1e-5  # flags cosine and sigmoid at any T; not linear (4e-5 at T = 1000)
+# The seed project's setting: T = 350 with betas rising linearly from 1e-4 to 2e-2.
+SEED_SETTING = {"T": 350, "schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2}
+# Two FIDs closer than this many standard deviations of their difference are not told apart.
+DISTINGUISHABLE_SIGMAS = 2.0
 PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "snakemake", "dvc"]
 
 
@@ -92,6 +106,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
             "schedule": dc.schedule,
             "objective": dc.objective,
             "sampler": variant.config.sample.method,
+            "seed_setting": all(getattr(dc, k) == v for k, v in SEED_SETTING.items()),
             **terminal_stats(build_diffusion(dc).betas),
         }
         missing = [
@@ -116,8 +131,9 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
             )
         if sample:
             row["nfe_per_image"] = sample["nfe_per_image"]
+            row["sample_s_per_1000"] = 1000 / sample["images_per_s"]
         if metrics and evaluation:
-            row.update({k: metrics[k] for k in METRIC_KEYS})
+            row.update({k: metrics.get(k) for k in METRIC_KEYS})
             row.update({k: evaluation[k] for k in EVALUATION_KEYS})
         rows.append(row)
     return rows
@@ -223,33 +239,142 @@ def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
 
     scored = [r for r in rows if r.get("fid") is not None]
     if scored:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-        # One line per schedule and sampler variant (variants share the trained networks).
-        lines = sorted({(r["schedule"], r["variant"]) for r in scored})
-        for schedule, variant in lines:
-            pts = sorted(
-                (r["T"], r["fid"])
-                for r in scored
-                if (r["schedule"], r["variant"]) == (schedule, variant)
-            )
-            label = schedule if len({v for _, v in lines}) == 1 else f"{schedule}, {variant}"
-            a1.plot(*zip(*pts, strict=True), marker="o", label=label)
-        a1.set(xlabel="T", ylabel="FID", title="FID against T", xscale="log")
-        a1.legend(fontsize=7)
-        labels = [r["run_id"] for r in scored]
-        a2.bar(
-            range(len(scored)),
-            [r["fid"] for r in scored],
-            color=[
-                f"C{sorted({s['schedule'] for s in scored}).index(r['schedule'])}" for r in scored
-            ],
-        )
-        a2.set_xticks(range(len(scored)), labels, rotation=30, ha="right", fontsize=7)
-        a2.set(ylabel="FID", title="FID by run (colour: schedule)")
-        for ax in (a1, a2):
-            ax.grid(alpha=0.3, axis="y")
-        plots["fid"] = _figure_uri(fig)
+        plots["fid"] = _fid_plots(scored)
+        costed = [r for r in scored if r.get("nfe_per_image")]
+        if costed:
+            plots["cost"] = _cost_plots(costed)
     return plots
+
+
+def _label(row: dict) -> str:
+    return row["network"] + (" (seed's setting)" if row["seed_setting"] else "")
+
+
+def _errors(rows: list[dict]) -> list[float] | None:
+    """FID standard deviations for error bars (0 where one is missing); None if all are."""
+    stds = [r.get("fid_std") for r in rows]
+    return None if all(v is None for v in stds) else [v or 0.0 for v in stds]
+
+
+def _fid_plots(scored: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    # One line per schedule and sampler variant (variants share the trained networks).
+    lines = sorted({(r["schedule"], r["variant"]) for r in scored})
+    for schedule, variant in lines:
+        pts = sorted(
+            (r for r in scored if (r["schedule"], r["variant"]) == (schedule, variant)),
+            key=lambda r: r["T"],
+        )
+        label = schedule if len({v for _, v in lines}) == 1 else f"{schedule}, {variant}"
+        a1.errorbar(
+            [r["T"] for r in pts],
+            [r["fid"] for r in pts],
+            yerr=_errors(pts),
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    a1.set(xlabel="T", ylabel="FID", title="FID against T", xscale="log")
+    ts = sorted({r["T"] for r in scored})
+    a1.set_xticks(ts, [str(t) for t in ts])
+    a1.minorticks_off()
+    a1.legend(fontsize=7)
+    schedules = sorted({r["schedule"] for r in scored})
+    a2.bar(
+        range(len(scored)),
+        [r["fid"] for r in scored],
+        yerr=_errors(scored),
+        capsize=3,
+        color=[f"C{schedules.index(r['schedule'])}" for r in scored],
+    )
+    a2.set_xticks(
+        range(len(scored)),
+        [r["run_id"] + (" *" if r["seed_setting"] else "") for r in scored],
+        rotation=30,
+        ha="right",
+        fontsize=7,
+    )
+    title = "FID by run (colour: schedule"
+    a2.set(
+        ylabel="FID",
+        title=title + (", *: seed's setting)" if any(r["seed_setting"] for r in scored) else ")"),
+    )
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3, axis="y")
+    floor = next((r["floor_fid"] for r in scored if r.get("floor_fid") is not None), None)
+    if floor is not None:
+        for ax in (a1, a2):
+            ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        a1.annotate("real vs real", (0.01, floor), xycoords=("axes fraction", "data"), fontsize=7)
+    return _figure_uri(fig)
+
+
+def best_at_each_budget(rows: list[dict]) -> dict[int, dict]:
+    """For each number of network evaluations per image, the scored row with the lowest FID."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        nfe = r["nfe_per_image"]
+        if nfe not in best or r["fid"] < best[nfe]["fid"]:
+            best[nfe] = r
+    return dict(sorted(best.items()))
+
+
+def _cost_plots(costed: list[dict]) -> str:
+    """FID against sampling cost, one line per trained network; a star marks the best run at
+    each number of network evaluations."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    networks = list(dict.fromkeys(r["network"] for r in costed))
+    for i, network in enumerate(networks):
+        pts = sorted(
+            (r for r in costed if r["network"] == network), key=lambda r: r["nfe_per_image"]
+        )
+        for ax, x in ((a1, "nfe_per_image"), (a2, "sample_s_per_1000")):
+            ax.errorbar(
+                [r[x] for r in pts],
+                [r["fid"] for r in pts],
+                yerr=_errors(pts),
+                marker="o",
+                capsize=3,
+                color=f"C{i}",
+                label=_label(pts[0]),
+            )
+    for r in best_at_each_budget(costed).values():
+        a1.plot(
+            r["nfe_per_image"],
+            r["fid"],
+            marker="*",
+            markersize=14,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=5,
+        )
+    a1.set(
+        xlabel="network evaluations per image",
+        ylabel="FID",
+        xscale="log",
+        title="FID against sampling steps (star: best at that budget)",
+    )
+    a2.set(
+        xlabel="sampling seconds per 1,000 images",
+        ylabel="FID",
+        xscale="log",
+        title="FID against sampling time",
+    )
+    nfes = sorted({r["nfe_per_image"] for r in costed})
+    a1.set_xticks(nfes, [str(n) for n in nfes])
+    a1.minorticks_off()
+    a2.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    a2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    return _figure_uri(fig)
 
 
 def _samples(path: Path, n: int) -> torch.Tensor | None:
@@ -321,6 +446,8 @@ def _fmt(value) -> str:
 
 
 def _best(rows: list[dict]) -> list[dict]:
+    """The best run by each metric; for FID also the runs it cannot be told apart from (their
+    difference is within DISTINGUISHABLE_SIGMAS standard deviations, from half-sampling)."""
     best = []
     for key, label, better in (
         ("fid", "FID", min),
@@ -328,10 +455,45 @@ def _best(rows: list[dict]) -> list[dict]:
         ("is_mean", "Inception Score", max),
     ):
         scored = [r for r in rows if r.get(key) is not None]
-        if scored:
-            r = better(scored, key=lambda r, key=key: r[key])
-            best.append({"metric": label, "run_id": r["run_id"], "value": r[key]})
+        if not scored:
+            continue
+        r = better(scored, key=lambda r, key=key: r[key])
+        entry = {"metric": label, "run_id": r["run_id"], "value": r[key]}
+        if key == "fid":
+            entry["std"] = r.get("fid_std")
+            entry["ties"] = [
+                {"run_id": o["run_id"], "value": o["fid"], "std": o["fid_std"]}
+                for o in scored
+                if o is not r and _indistinguishable(r, o)
+            ]
+        best.append(entry)
     return best
+
+
+def _indistinguishable(a: dict, b: dict) -> bool:
+    if a.get("fid_std") is None or b.get("fid_std") is None:
+        return False  # no uncertainty known: no claim either way
+    sigma = (a["fid_std"] ** 2 + b["fid_std"] ** 2) ** 0.5
+    return abs(a["fid"] - b["fid"]) <= DISTINGUISHABLE_SIGMAS * sigma
+
+
+def _training_costs(rows: list[dict]) -> list[dict]:
+    """One row per trained network: device, hours on it, images seen."""
+    costs = {}
+    for r in rows:
+        if r["network"] in costs or r.get("train_time_s") is None:
+            continue
+        device = r.get("device") or "unknown"
+        costs[r["network"]] = {
+            "network": _label(r),
+            "device": device,
+            "unit": "hours (CPU)" if device.startswith("cpu") else "GPU-hours",
+            "hours": r["train_time_s"] / 3600,
+            "steps": r["steps"],
+            "images_seen": r["images_seen"],
+            "parameters": r["parameters"],
+        }
+    return list(costs.values())
 
 
 def build_report(
@@ -369,6 +531,13 @@ def build_report(
         "rows": rows,
         "failed": [r for r in rows if r["status"] != "ok"],
         "best": _best(rows),
+        "sigmas": DISTINGUISHABLE_SIGMAS,
+        "floor_fid": next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None),
+        "budgets": best_at_each_budget(
+            [r for r in rows if r.get("fid") is not None and r.get("nfe_per_image")]
+        ),
+        "costs": _training_costs(rows),
+        "seed_rows": [r for r in rows if r["seed_setting"]],
         "grid": cfg.grid,
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
         "plots": _plots(cfg, rows, runs_dir),

@@ -193,6 +193,7 @@ def _stages(cfg: Config) -> list[Stage]:
                 "evaluate.kid_subset_size",
                 "evaluate.kid_subsets",
                 "evaluate.is_splits",
+                "evaluate.fid_halves",
                 "evaluate.seed",
             ),
             code=("metrics.py", "devices.py"),

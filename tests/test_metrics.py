@@ -10,9 +10,11 @@ from ddpm.config import config_from_dict
 from ddpm.data import preprocess, synthetic_dataset
 from ddpm.metrics import (
     MetricsError,
+    RealStats,
     evaluate,
     extract_features,
     fid,
+    fid_spread,
     load_inception,
     load_samples,
     make_test_inception,
@@ -126,6 +128,7 @@ def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monke
     # metrics.json holds numbers only (what `dvc metrics show` prints); the rest goes beside it
     numbers = json.loads((tmp_path / "m1/metrics.json").read_text())
     assert numbers["fid"] == m["fid"] and numbers["floor_fid"] == meta["floor"]["fid"]
+    assert numbers["fid_std"] > 0 and "20 random halves" in m["fid_std_method"]
     assert all(type(v) in (int, float) for v in numbers.values()), numbers
     assert json.loads((tmp_path / "m1/evaluation.json").read_text())["fid_note"] == m["fid_note"]
 
@@ -178,6 +181,36 @@ def test_fid_and_is_agree_with_torch_fidelity(net, weights):
     )
     assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
+
+
+@pytest.mark.parametrize("n_fake", [50, 300])  # fewer and more images than feature dimensions
+def test_the_fast_fid_behind_the_error_bars_equals_torchmetrics(n_fake):
+    g = torch.Generator().manual_seed(n_fake)
+    mix = torch.randn(100, 100, generator=g)
+    real = torch.randn(400, 100, generator=g) @ mix
+    fake = torch.randn(n_fake, 100, generator=g) @ (mix + 0.3) + 0.5
+    assert RealStats(real).fid(fake) == pytest.approx(fid(real, fake), rel=1e-5)
+
+
+def test_fid_spread_is_the_sampling_noise_of_the_generated_set():
+    """Generated features that differ from the real ones (shifted and wider), as a trained
+    network's do: the spread over random halves of one generated set estimates how much FID
+    varies between independent generated sets of that size."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(32, 32, generator=g)
+    real = torch.randn(2000, 32, generator=g) @ mix
+    stats = RealStats(real)
+
+    def draw(n):
+        return torch.randn(n, 32, generator=g) @ (1.3 * mix) + 2.0
+
+    small, large = draw(100), draw(1600)
+    spread_small, spread_large = (fid_spread(real, x, 40, seed=1) for x in (small, large))
+    assert fid_spread(real, small, 40, seed=1) == spread_small, "seeded: the same every time"
+    for n, spread in ((100, spread_small), (1600, spread_large)):
+        independent = np.std([stats.fid(draw(n)) for _ in range(60)], ddof=1)
+        assert 0.7 < spread / independent < 1.5, (n, spread, independent)
+    assert fid_spread(real, small, 0, seed=1) is None and fid_spread(real, small, 1, 1) is None
 
 
 def test_fetch_weights_verifies_the_checksum(tmp_path):

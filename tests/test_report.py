@@ -13,7 +13,7 @@ import pytest
 from ddpm.config import config_from_dict
 from ddpm.data import preprocess
 from ddpm.images import save_grid
-from ddpm.report import _fmt, build_report
+from ddpm.report import build_report
 from ddpm.train import LOG_FIELDS
 
 ARTIFACTS = Path(
@@ -32,7 +32,11 @@ def make_config():
     )
 
 
-def fabricate_run(run_dir: Path, seed: int, with_metrics: bool = True) -> dict:
+def fabricate_run(
+    run_dir: Path, seed: int, with_metrics: bool = True, variants: dict | None = None
+) -> dict:
+    """A trained network's files and, for each sampler variant (id -> network evaluations per
+    image), samples and metrics; returns the metrics of the first variant."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
     (run_dir / "train_summary.json").write_text(
@@ -41,7 +45,7 @@ def fabricate_run(run_dir: Path, seed: int, with_metrics: bool = True) -> dict:
                 "parameters": 1_142_083,
                 "steps": 100 + seed,
                 "images_seen": 3200,
-                "wall_time_s": 12.5,
+                "wall_time_s": 1800.0 * seed,
                 "images_per_s": 256.0,
                 "final_loss": 0.05 + seed / 100,
                 "device": "cpu (2 cores)",
@@ -67,27 +71,33 @@ def fabricate_run(run_dir: Path, seed: int, with_metrics: bool = True) -> dict:
                     "elapsed_s": step / 10,
                 }
             )
-    variant_dir = run_dir / "default"  # the grid has no sampler axis: one variant per network
-    variant_dir.mkdir()
-    (variant_dir / "sample_summary.json").write_text(json.dumps({"nfe_per_image": 10}))
-    images = rng.integers(0, 255, (12, 3, 16, 16), dtype=np.uint8)
-    np.savez(variant_dir / "samples.npz", images=images)
-    save_grid(images[:6], variant_dir / "trajectory.png", nrow=3)
-    metrics = {
-        "fid": 40.0 + 10 * seed,
-        "is_mean": 1.5 + seed / 10,
-        "is_std": 0.1,
-        "kid_mean": 0.01 * seed,
-        "kid_std": 0.002,
-        "n_generated": 12,
-        "floor_fid": 3.0,
-    }
-    if with_metrics:
-        (variant_dir / "metrics.json").write_text(json.dumps(metrics))
-        (variant_dir / "evaluation.json").write_text(
-            json.dumps({"fid_reliable": False, "test_weights": True})
-        )
-    return metrics
+    first = None
+    # Without a sampler axis in the grid, each network has one variant, `default`.
+    for variant, nfe in (variants or {"default": 10}).items():
+        variant_dir = run_dir / variant
+        variant_dir.mkdir()
+        summary = {"nfe_per_image": nfe, "images_per_s": 1000 / nfe, "elapsed_s": 0.012 * nfe}
+        (variant_dir / "sample_summary.json").write_text(json.dumps(summary))
+        images = rng.integers(0, 255, (12, 3, 16, 16), dtype=np.uint8)
+        np.savez(variant_dir / "samples.npz", images=images)
+        save_grid(images[:6], variant_dir / "trajectory.png", nrow=3)
+        metrics = {
+            "fid": 40.0 + 10 * seed + 100 / nfe,
+            "fid_std": 2.0,
+            "is_mean": 1.5 + seed / 10,
+            "is_std": 0.1,
+            "kid_mean": 0.01 * seed,
+            "kid_std": 0.002,
+            "n_generated": 12,
+            "floor_fid": 3.0,
+        }
+        if with_metrics:
+            (variant_dir / "metrics.json").write_text(json.dumps(metrics))
+            (variant_dir / "evaluation.json").write_text(
+                json.dumps({"fid_reliable": False, "test_weights": True})
+            )
+        first = first or metrics
+    return first
 
 
 class Checker(HTMLParser):
@@ -136,10 +146,15 @@ def test_every_run_appears_with_its_metrics(report):
     for run_id in ("T~20", "T~30"):
         m = metrics[run_id]
         assert rows[run_id]["fid"] == m["fid"] and rows[run_id]["kid_mean"] == m["kid_mean"]
+    # The cells as a reader sees them, written out (FID 60 and 70, IS 1.6 and 1.7, +- 2 and 0.1).
+    for run_id, fid, inception in (("T~20", "60", "1.6"), ("T~30", "70", "1.7")):
         row_html = html.split(f'data-run="{run_id}"')[1].split("</tr>")[0]
-        assert f'data-value="{m["fid"]}">{_fmt(m["fid"])}' in row_html
-        assert f"{_fmt(m['is_mean'])} &plusmn; {_fmt(m['is_std'])}" in row_html
-    assert context["best"][0] == {"metric": "FID", "run_id": "T~20", "value": 50.0}
+        assert f'data-value="{fid}.0">{fid} &plusmn; 2<' in row_html
+        assert f"{inception} &plusmn; 0.1<" in row_html
+    best = context["best"][0]
+    assert best == {"metric": "FID", "run_id": "T~20", "value": 60.0, "std": 2.0, "ties": []}
+    # 60 +- 2 and 70 +- 2 differ by 3.5 standard deviations of the difference: told apart.
+    assert "not distinguishable" not in html
 
 
 def test_images_are_embedded_and_the_html_parses(report):
@@ -162,8 +177,11 @@ def test_missing_metrics_are_shown_as_failed_and_test_weights_flagged(report):
     )
     assert 'id="failed-runs"' in html and "<code>T~40</code>" in html
     assert 'id="test-weights-banner"' in html and "not comparable with published" in html
-    # T=20 with the fixed-range linear schedule ends far from pure noise
-    assert context["rows"][0]["far_from_noise"] and "&#9888;" in html
+    # T=20 with the fixed-range linear schedule ends far from pure noise: its alpha_bar_T cell
+    # carries the warning (the legend above the table shows the symbol whatever the rows).
+    assert context["rows"][0]["far_from_noise"]
+    cell = html.split('data-run="T~20"')[1].split('class="alpha"')[1].split("</td>")[0]
+    assert 'class="warn" title="sampling starts far from pure noise"' in cell
 
 
 def test_the_report_works_for_a_single_run(tmp_path):
@@ -193,6 +211,76 @@ def test_eps_prediction_with_alpha_bar_T_near_zero_is_flagged(tmp_path, objectiv
     assert row["eps_at_zero"] is flagged
     cell = (tmp_path / "r.html").read_text().split('data-run="default"')[1].split("</tr>")[0]
     assert ("amplifies the network's error" in cell) is flagged
+    assert ('class="warn"' in cell) is flagged  # cosine ends near pure noise: no other warning
+
+
+def test_fids_within_their_noise_are_called_indistinguishable(tmp_path):
+    cfg = config_from_dict(
+        {
+            "grid": {"T": [20, 30, 40]},
+            "data": {"source": "synthetic", "image_size": 16},
+            "model": {"preset": "tiny"},
+        }
+    )
+    for seed, network in enumerate(("T~20", "T~30", "T~40"), start=1):
+        fabricate_run(tmp_path / "runs" / network, seed)
+    # FIDs 60, 70, 80 +- 2; make T~30's noisier: 70 +- 5 is within 2 sigma of 60 +- 2
+    # (difference 10 <= 2 * 5.39), T~40's 80 +- 2 is not (20 > 2 * 2.83).
+    metrics_file = tmp_path / "runs/T~30/default/metrics.json"
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid_std": 5.0}))
+    context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    best = context["best"][0]
+    assert best["run_id"] == "T~20"
+    assert best["ties"] == [{"run_id": "T~30", "value": 70.0, "std": 5.0}]
+    summary = (tmp_path / "r.html").read_text().split('data-metric="FID"')[1].split("</li>")[0]
+    assert "not distinguishable</span> from\n<strong>T~30</strong> (70 &plusmn; 5)" in summary
+    assert "T~40" not in summary
+
+
+def test_the_seeds_setting_is_named_with_its_alpha_bar_T(tmp_path):
+    cfg = config_from_dict(
+        {
+            "grid": {"T": [20, 350]},
+            "data": {"source": "synthetic", "image_size": 16},
+            "model": {"preset": "tiny"},
+        }
+    )
+    fabricate_run(tmp_path / "runs/T~20", 1)
+    fabricate_run(tmp_path / "runs/T~350", 2)
+    context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    assert [r["seed_setting"] for r in context["rows"]] == [False, True]
+    html = (tmp_path / "r.html").read_text()
+    assert "(seed's setting)" in html.split('data-run="T~350"')[1].split("</td>")[0]
+    assert "(seed's setting)" not in html.split('data-run="T~20"')[1].split("</td>")[0]
+    seed = html.split('id="seed-setting"')[1].split("</p>")[0]
+    assert "alpha_bar_T = 0.02898" in seed and "keeps\n17% of the image" in seed
+
+
+def test_sampler_variants_compare_quality_against_cost(tmp_path):
+    """Two networks, each sampled with DDIM at 5 and 10 steps: FID against network evaluations
+    with the best at each budget, and what each network cost to train."""
+    cfg = config_from_dict(
+        {
+            "grid": {"T": [20, 30], "sample.steps": [5, 10]},
+            "data": {"source": "synthetic", "image_size": 16},
+            "model": {"preset": "tiny"},
+            "sample": {"method": "ddim"},
+        }
+    )
+    variants = {"sample.steps~5": 5, "sample.steps~10": 10}
+    fabricate_run(tmp_path / "runs/T~20", 2, variants=variants)  # FID 80 at 5 steps, 70 at 10
+    fabricate_run(tmp_path / "runs/T~30", 1, variants=variants)  # FID 70 at 5 steps, 60 at 10
+    metrics_file = tmp_path / "runs/T~20/sample.steps~10/metrics.json"
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid": 55.0}))
+    context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    budgets = {nfe: r["run_id"] for nfe, r in context["budgets"].items()}
+    assert budgets == {5: "T~30/sample.steps~5", 10: "T~20/sample.steps~10"}
+    html = (tmp_path / "r.html").read_text()
+    assert "At 5 network evaluations per image, the best FID is <strong>T~30/sample.steps~5" in html
+    assert 'alt="FID against sampling cost"' in html and context["plots"]["cost"]
+    assert [r["sample_s_per_1000"] for r in context["rows"]][:2] == [10.0, 5.0]
+    costs = {c["network"]: (c["hours"], c["unit"]) for c in context["costs"]}
+    assert costs == {"T~20": (1.0, "hours (CPU)"), "T~30": (0.5, "hours (CPU)")}
 
 
 def _browser():
