@@ -169,8 +169,11 @@ class EvaluateConfig:
     inception_weights: str = setting(
         "results/weights/inception-2015-12-05.pth", "FID Inception weights file (torch-fidelity's)"
     )
-    inception_source: Literal["download", "test"] = setting(
-        "download", "download the real weights, or build seeded random test weights (offline demo)"
+    inception_source: Literal["download", "synthetic", "test"] = setting(
+        "download",
+        "download the real Inception weights; or train features on the synthetic flowers' "
+        "attributes (offline demo; not comparable with published FIDs); or build random "
+        "Inception weights (plumbing tests only: they do not rank quality)",
     )
     weights_url: str = setting(INCEPTION_URL, "where the inception-weights stage downloads them")
     weights_sha256_prefix: str = setting(
@@ -373,6 +376,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"sample.steps: {s.steps} is only meaningful with sample.method: ddim "
             "(ancestral DDPM sampling always takes all T steps); set it to null or use ddim"
+        )
+    if cfg.evaluate.inception_source == "synthetic" and cfg.data.source != "synthetic":
+        raise ConfigError(
+            "evaluate.inception_source: 'synthetic' features only describe the synthetic "
+            f"flowers, not data.source '{cfg.data.source}'; use 'download' (the real Inception)"
         )
     if cfg.data.source == "folder" and not cfg.data.folder:
         raise ConfigError("data.folder: must name a directory when data.source is 'folder'")

@@ -419,11 +419,14 @@ _CENTRE_COLOURS = np.array(
 )
 
 
-def synthetic_flower(seed: int, index: int, size: int) -> np.ndarray:
+def synthetic_flower(
+    seed: int, index: int, size: int, attributes: dict | None = None
+) -> np.ndarray:
     """One procedurally drawn flower, uint8 [S x S x 3], determined by (seed, index) alone.
 
     A rose-curve corolla (5-9 petals, random colour, size, rotation and position) with a centre
-    disc and a stem, on a two-colour gradient background; drawn at 2x and box-filtered.
+    disc and a stem, on a two-colour gradient background; drawn at 2x and box-filtered. The
+    values it was drawn from go into `attributes`, if given (what `ddpm.features` learns).
     """
     rng = np.random.default_rng([seed, index])
     r = 2 * size
@@ -445,17 +448,31 @@ def synthetic_flower(seed: int, index: int, size: int) -> np.ndarray:
     rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
     edge = radius * (0.35 + 0.65 * np.abs(np.cos(k * (theta - phase) / 2)) ** sharp)
     petal = rho < edge
-    colour = np.clip(
-        _PETAL_COLOURS[rng.integers(len(_PETAL_COLOURS))] + rng.normal(0, 0.06, 3), 0, 1
-    )
+    colour_index = int(rng.integers(len(_PETAL_COLOURS)))
+    colour = np.clip(_PETAL_COLOURS[colour_index] + rng.normal(0, 0.06, 3), 0, 1)
     shade = 0.65 + 0.35 * np.clip(rho / radius, 0, 1)  # darker towards the centre
     img[petal] = colour * shade[petal][:, None]
-    centre = rho < radius * rng.uniform(0.18, 0.3)
-    img[centre] = np.clip(
+    centre_radius = rng.uniform(0.18, 0.3)
+    centre = rho < radius * centre_radius
+    centre_colour = np.clip(
         _CENTRE_COLOURS[rng.integers(len(_CENTRE_COLOURS))] + rng.normal(0, 0.04, 3), 0, 1
     )
+    img[centre] = centre_colour
 
     img = img.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))  # 2x2 box filter
+    if attributes is not None:
+        attributes.update(
+            petals=k,
+            colour_index=colour_index,
+            petal_colour=colour,
+            centre_colour=centre_colour,
+            top=top,
+            bottom=bottom,
+            position=np.array([cx, cy]),
+            radius=radius,
+            sharpness=sharp,
+            centre_radius=centre_radius,
+        )
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpm import features
 from ddpm.dataset import load_dataset, read_manifest
 from ddpm.devices import select_device
 from ddpm.errors import PipelineError
@@ -34,7 +35,6 @@ EXTRACTOR = "torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat) vi
 RESIZE = "bilinear like TF1 (torchmetrics antialias=False)"
 METRICS = "metrics.json"  # numbers only: what `dvc metrics show` prints
 EVALUATION = "evaluation.json"  # how they were computed: notes, extractor, weights, timing
-FULL_RANK_N = 2048  # FID needs more samples than feature dimensions for a full-rank covariance
 
 
 class MetricsError(PipelineError):
@@ -45,7 +45,9 @@ class MetricsError(PipelineError):
 
 
 def weights_info(path: str | Path) -> dict:
-    """sha256 of a weights file and, from its sidecar `PATH.json`, whether it is a test file."""
+    """sha256 of a weights file and, from its sidecar `PATH.json`, what kind it is: `inception`
+    (the real FID weights), `random-test` (random Inception weights: plumbing tests only) or
+    `synthetic-features` (ddpm.features, for the synthetic flowers)."""
     path = Path(path)
     if not path.exists():
         raise MetricsError(
@@ -56,17 +58,20 @@ def weights_info(path: str | Path) -> dict:
         )
     sidecar = path.with_name(path.name + ".json")
     meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    kind = meta.get("kind", "inception")
     return {
         "sha256": file_digest(path),
-        "test_weights": meta.get("kind") == "random-test",
+        "kind": kind,
+        "test_weights": kind == "random-test",
         **({"seed": meta["seed"]} if "seed" in meta else {}),
     }
 
 
 def check_weights(path: str | Path, sha256_prefix: str) -> dict:
-    """Refuse weights whose checksum does not match, unless they are marked as test weights."""
+    """Refuse Inception weights whose checksum does not match; weights built here (random test
+    ones, flower features) have no published checksum."""
     info = weights_info(path)
-    if not info["test_weights"] and not info["sha256"].startswith(sha256_prefix):
+    if info["kind"] == "inception" and not info["sha256"].startswith(sha256_prefix):
         raise MetricsError(
             f"{path} has sha256 {info['sha256'][:16]}..., expected it to start with "
             f"{sha256_prefix} (torch-fidelity's FID Inception weights). Fetch them again with "
@@ -96,8 +101,12 @@ def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
 
 
 def load_inception(weights: str | Path, device: torch.device) -> nn.Module:
-    """torchmetrics' `NoTrainInceptionV3` with our weights file, returning (pool, logits)."""
+    """The feature network of a weights file: torchmetrics' `NoTrainInceptionV3`, or the
+    synthetic flowers' `FlowerFeatures` when the sidecar says so."""
     from torchmetrics.image.fid import NoTrainInceptionV3
+
+    if weights_info(weights)["kind"] == features.KIND:
+        return features.load_flower_features(weights, device, MetricsError)
 
     try:
         net = NoTrainInceptionV3("inception-v3-compat", FEATURES, str(weights), antialias=False)
@@ -132,15 +141,18 @@ def extract_features(
     desc: str = "inception",
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Pool features (float32 [N x 2048]) and unbiased logits (float64 [N x 1008]) of uint8
-    images [N x 3 x H x W], one forward pass per image."""
+    """Features (Inception: float32 [N x 2048] pool features) and logits (float64; Inception:
+    [N x 1008] unbiased) of uint8 images [N x 3 x H x W], one forward pass per image."""
     if images.dtype != torch.uint8:
         raise MetricsError("images for evaluation must be uint8 (clamped and rounded)")
     pools, logits = [], []
     with tqdm(total=len(images), unit="img", desc=desc, disable=not progress) as bar:
         for lo in range(0, len(images), batch_size):
             batch = images[lo : lo + batch_size].to(device)
-            pool, logit = net._torch_fidelity_forward(batch)
+            if isinstance(net, features.FlowerFeatures):
+                pool, logit = net.features_and_logits(batch)
+            else:
+                pool, logit = net._torch_fidelity_forward(batch)
             pools.append(pool.float().cpu())
             logits.append(logit.double().cpu())
             bar.update(len(batch))
@@ -376,7 +388,8 @@ def evaluate(
         real, feats["pool"], eval_cfg.kid_subset_size, eval_cfg.kid_subsets, eval_cfg.seed
     )
     is_mean, is_std = inception_score(feats["logits"], eval_cfg.is_splits, eval_cfg.seed)
-    reliable = n > FULL_RANK_N and len(real) > FULL_RANK_N
+    dims = real.shape[1]
+    reliable = n > dims and len(real) > dims
     floor = ref["meta"]["floor"]
     metrics = {
         "fid": fid(real, feats["pool"]),
@@ -395,9 +408,9 @@ def evaluate(
         "fid_note": None
         if reliable
         else (
-            f"N = {n} generated and {len(real)} real images: FID needs more than {FULL_RANK_N} "
-            "of each for a full-rank covariance and is biased upward ~1/N; compare only at "
-            "equal N, and prefer KID here"
+            f"N = {n} generated and {len(real)} real images: FID needs more than {dims} (the "
+            "feature dimensions) of each for a full-rank covariance and is biased upward ~1/N; "
+            "compare only at equal N, and prefer KID here"
         ),
         "fid_std_method": (
             f"standard deviation of FID over {eval_cfg.fid_halves} random halves of the "
@@ -409,8 +422,9 @@ def evaluate(
         "kid_subset_size": kid_size,
         "kid_subsets": eval_cfg.kid_subsets,
         "floor": floor,
-        "feature_extractor": EXTRACTOR,
-        "resize": RESIZE,
+        "features": info["kind"],
+        "feature_extractor": EXTRACTOR if info["kind"] != features.KIND else features.EXTRACTOR,
+        "resize": RESIZE if info["kind"] != features.KIND else features.RESIZE,
         "weights_sha256": info["sha256"],
         "test_weights": info["test_weights"],
         "elapsed_s": time.perf_counter() - start,

@@ -58,7 +58,7 @@ METRIC_KEYS = [
     "n_generated",
     "floor_fid",
 ]
-EVALUATION_KEYS = ["fid_reliable", "test_weights"]
+EVALUATION_KEYS = ["fid_reliable", "test_weights", "features"]
 COLUMNS += METRIC_KEYS + EVALUATION_KEYS
 FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
 # alpha_bar_T below this with eps-prediction: the x_0 estimate at t = T is the network's error
@@ -134,7 +134,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
             row["sample_s_per_1000"] = 1000 / sample["images_per_s"]
         if metrics and evaluation:
             row.update({k: metrics.get(k) for k in METRIC_KEYS})
-            row.update({k: evaluation[k] for k in EVALUATION_KEYS})
+            row.update({k: evaluation.get(k) for k in EVALUATION_KEYS})
         rows.append(row)
     return rows
 
@@ -526,6 +526,7 @@ def build_report(
             else None
         )
     test_weights = any(r.get("test_weights") for r in rows)
+    flower_features = any(r.get("features") == "synthetic-features" for r in rows)
     context = {
         "title": rc.title,
         "rows": rows,
@@ -542,6 +543,7 @@ def build_report(
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
         "plots": _plots(cfg, rows, runs_dir),
         "test_weights": test_weights,
+        "flower_features": flower_features,
         "far_threshold": FAR_FROM_NOISE,
         "eps_threshold": EPS_NEAR_ZERO,
         "footer": {

@@ -116,7 +116,7 @@ def _stages(cfg: Config) -> list[Stage]:
                 "evaluate.weights_url",
                 "evaluate.weights_sha256_prefix",
             ),
-            code=("metrics.py",),
+            code=("metrics.py", "features.py", "data.py"),
             outs={"weights": weights, "sidecar": weights + ".json"},
             args=(("--out", weights),),
             side_code=("dataset.py", "devices.py"),
@@ -132,11 +132,12 @@ def _stages(cfg: Config) -> list[Stage]:
                 "evaluate.reference_max_images",
                 "evaluate.seed",
             ),
-            code=("metrics.py", "dataset.py", "devices.py"),
+            code=("metrics.py", "features.py", "dataset.py", "devices.py"),
             deps={"data": dataset, "manifest": manifest, "weights": weights},
             outs={"reference": reference},
             args=(("--data", dataset), ("--weights", weights), ("--out", reference)),
             tunes=("evaluate.batch_size",),
+            side_code=("data.py",),  # the flower generator, which only trains the features
         ),
         Stage(
             "train",
@@ -196,7 +197,7 @@ def _stages(cfg: Config) -> list[Stage]:
                 "evaluate.fid_halves",
                 "evaluate.seed",
             ),
-            code=("metrics.py", "devices.py"),
+            code=("metrics.py", "features.py", "devices.py"),
             deps={"samples": f"{var}/samples.npz", "reference": reference, "weights": weights},
             outs={"metrics": f"{var}/metrics.json", "evaluation": f"{var}/evaluation.json"},
             args=(
@@ -206,7 +207,7 @@ def _stages(cfg: Config) -> list[Stage]:
                 ("--out", var),
             ),
             tunes=("evaluate.batch_size",),
-            side_code=("dataset.py",),
+            side_code=("dataset.py", "data.py"),
         ),
     ]
     per_run = {

@@ -237,6 +237,20 @@ def test_fids_within_their_noise_are_called_indistinguishable(tmp_path):
     assert "T~40" not in summary
 
 
+def test_flower_features_are_named_as_such_not_as_random_weights(tmp_path):
+    cfg = config_from_dict(
+        {"data": {"source": "synthetic", "image_size": 16}, "model": {"preset": "tiny"}}
+    )
+    fabricate_run(tmp_path / "runs/default", 1)
+    evaluation = {"fid_reliable": True, "test_weights": False, "features": "synthetic-features"}
+    (tmp_path / "runs/default/default/evaluation.json").write_text(json.dumps(evaluation))
+    build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    banner = html.split('id="flower-features-banner"')[1].split("</div>")[0]
+    assert "generating\nattributes" in banner and "not comparable with published" in banner
+    assert 'id="test-weights-banner"' not in html
+
+
 def test_the_seeds_setting_is_named_with_its_alpha_bar_T(tmp_path):
     cfg = config_from_dict(
         {
