@@ -205,7 +205,10 @@ class ReportConfig:
     nearest_neighbours: int = setting(3, "training images shown per memorisation sample", ge=1)
 
 
-GridValue = str | int | float | bool
+Scalar = str | int | float | bool
+# A grid value is one setting's value, or for a bundle axis (see `bundle_keys`) a mapping of
+# several settings that vary together: {sample.method: ddim, sample.steps: 50}.
+GridValue = Scalar | dict[str, Scalar | None]
 
 
 @dataclass(frozen=True)
@@ -466,15 +469,40 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
 _ID_SAFE = re.compile(r"^[A-Za-z0-9.+-]+$")
 
 
-def _format_value(v: GridValue) -> str:
+def format_value(v: GridValue | None) -> str:
+    """A grid value as run ids (and paths) spell it."""
+    if isinstance(v, dict):  # a bundle: its values joined, `ddim-50`
+        return "-".join(format_value(x) for x in v.values())
+    if v is None:
+        return "null"
     return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def bundle_keys(key: str, values: list) -> dict[str, str] | None:
+    """For a bundle axis, a grid key that names no setting and whose values are mappings of
+    settings that vary together, the dotted setting of each of its keys; None for a plain axis."""
+    if not any(isinstance(v, dict) for v in values):
+        return None
+    try:
+        resolve_key(key)
+        names_a_setting = True
+    except ConfigError:
+        names_a_setting = False
+    if names_a_setting or not _ID_SAFE.match(key):
+        raise ConfigError(
+            f"grid.{key}: a list of mappings makes a bundle axis, whose name must not be a "
+            "setting and may use letters, digits, '.', '+' and '-' (for example `sampler`)"
+        )
+    if not all(isinstance(v, dict) and v for v in values):
+        raise ConfigError(f"grid.{key}: every value of a bundle axis must be a mapping of settings")
+    return {k: resolve_key(k) for v in values for k in v}
 
 
 def run_id(params: dict[str, GridValue]) -> str:
     """`T~1000_schedule~cosine`: grid values joined in grid order; `default` for none."""
     parts = []
     for key, v in params.items():
-        text = _format_value(v)
+        text = format_value(v)
         if not _ID_SAFE.match(text):
             raise ConfigError(
                 f"grid.{key}: value {v!r} cannot appear in a run id "
@@ -508,7 +536,8 @@ def expand_grid(cfg: Config) -> list[Run]:
         params = dict(zip((k for k, _ in axes), values, strict=True))
         run_cfg = base
         for key, v in params.items():
-            run_cfg = with_value(run_cfg, resolve_key(key), v)
+            for dotted, value in v.items() if isinstance(v, dict) else [(key, v)]:
+                run_cfg = with_value(run_cfg, resolve_key(dotted), value)
         _check_consistency(run_cfg)
         runs.append(Run(run_id(params), params, run_cfg))
     ids = [r.id for r in runs]
@@ -524,8 +553,9 @@ def config_from_dict(raw: dict | None, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"the config must be a mapping of sections, got {raw!r}")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, resolve_key(key) if key != "grid" else key, value)
-    for key in raw.get("grid") or {}:
-        resolve_key(key)
+    for key, values in (raw.get("grid") or {}).items():
+        if bundle_keys(key, values if isinstance(values, list) else []) is None:
+            resolve_key(key)
     cfg = _build(Config, raw, "")
     _check_consistency(cfg)
     expand_grid(cfg)  # every run of the grid must be valid too
@@ -697,6 +727,20 @@ grid:
 sample:
   method: ddim
 ```
+
+Settings that must vary together make a *bundle* axis: a name that is not a setting, with a list
+of mappings. Full DDPM sampling beside DDIM at a few step counts, for example:
+
+```yaml
+grid:
+  sampler:                    # variants: .../sampler~ddpm/, .../sampler~ddim-50/, ...
+    - {method: ddpm}
+    - {method: ddim, sample.steps: 50}
+    - {method: ddim, sample.steps: 250}
+```
+
+A bundle's id joins its values with `-`; all its settings must be read by training, or all only
+by sampling and evaluation.
 
 Ids join `key~value` pairs with `_`; with no axis of a kind the id is `default`. Settings that
 one stage computes for every run (`data.*`, the reference statistics' `evaluate.*`) and

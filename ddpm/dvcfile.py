@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ddpm.config import Config, load_config
+from ddpm.config import Config, format_value, load_config
 from ddpm.errors import PipelineError
 from ddpm.stages import (
     DEFAULT_ID,
@@ -53,7 +53,9 @@ def _matrix_name(key: str) -> str:
 
 
 def _value(v):
-    return str(v).lower() if isinstance(v, bool) else v
+    """A grid value as a matrix entry: scalars as they are (a bool as ids spell it), a bundle as
+    its id text (the settings themselves reach the job through its settings file)."""
+    return format_value(v) if isinstance(v, (bool, dict)) else v
 
 
 def _id_expression(axes: list[str]) -> str:

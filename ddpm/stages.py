@@ -29,6 +29,7 @@ from ddpm.config import (
     Config,
     ConfigError,
     GridValue,
+    bundle_keys,
     expand_grid,
     leaf_keys,
     resolve_key,
@@ -376,9 +377,25 @@ class Plan:
 DEFAULT_ID = run_id({})
 
 
-def _axis_kind(key: str, stages: dict[str, Stage]) -> Literal["network", "variant"]:
-    """Whether a grid axis changes what is trained or only how it is sampled / evaluated."""
-    dotted = resolve_key(key)
+def _axis_kind(key: str, values: list, stages: dict[str, Stage]) -> Literal["network", "variant"]:
+    """Whether a grid axis changes what is trained or only how it is sampled / evaluated; a
+    bundle axis must do one or the other with all its settings."""
+    bundle = bundle_keys(key, values)
+    if bundle is not None:
+        kinds = {_setting_kind(dotted, f"grid.{key}.{k}", stages) for k, dotted in bundle.items()}
+        if len(kinds) > 1:
+            raise ConfigError(
+                f"grid.{key}: a bundle's settings must all be read by training or all only by "
+                "sampling and evaluation; split it into two axes"
+            )
+        return kinds.pop()
+    return _setting_kind(resolve_key(key), f"grid.{key}", stages)
+
+
+def _setting_kind(
+    dotted: str, where: str, stages: dict[str, Stage]
+) -> Literal["network", "variant"]:
+    key = where.removeprefix("grid.")
     if dotted in TUNING or dotted in LOCATIONS:
         raise ConfigError(
             f"grid.{key}: {dotted} cannot change a result, so it cannot be a grid axis"
@@ -406,7 +423,7 @@ def plan(cfg: Config) -> Plan:
     Network ids join the training axes (`T~1000_schedule~cosine`), variant ids the sampling /
     evaluation axes (`method~ddim_steps~50`); `default` where there are none."""
     stages = table(Config())  # what each stage reads does not depend on the config
-    kinds = {key: _axis_kind(key, stages) for key in cfg.grid}
+    kinds = {key: _axis_kind(key, values, stages) for key, values in cfg.grid.items()}
     network_axes = [k for k in cfg.grid if kinds[k] == "network"]
     variant_axes = [k for k in cfg.grid if kinds[k] == "variant"]
     networks: dict[str, Network] = {}

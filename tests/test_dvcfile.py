@@ -72,7 +72,7 @@ def test_snakemake_and_dvc_agree_on_runs_and_paths(tmp_path):
     }
     # DVC versions the settings as one folder, Snakemake writes them one file each.
     settings = {p for p in ours if p.startswith("results/settings/")}
-    assert len(settings) == 18 and "results/settings" in theirs
+    assert len(settings) == 50 and "results/settings" in theirs
     # DVC also versions each network's checkpoint.pt (kept across reruns so training can resume).
     assert theirs - ours == {"results/settings"} | {
         f"results/runs/{run}/checkpoint.pt" for run in runs
@@ -91,6 +91,18 @@ def test_dotted_and_boolean_grid_keys_give_the_same_ids(tmp_path):
         p.split("/")[2] for p in snakemake_outputs(project) if p.startswith("results/runs/")
     }
     assert runs == expected and "diffusion.schedule~cosine_train.hflip~false" in runs
+
+
+def test_a_bundle_axis_gives_both_tools_the_same_variant_paths(tmp_path):
+    sampler = [{"method": "ddpm"}, {"method": "ddim", "sample.steps": 2}]
+    grid = {"T": [20, 30], "sampler": sampler}
+    cfg = {**TINY, "sample": {**TINY["sample"], "steps": None}, "grid": grid}  # DDPM: all steps
+    project = make_project(tmp_path, cfg, dvc=True)
+    ours, theirs = snakemake_outputs(project), dvc_outputs(project)
+    variants = {"/".join(p.split("/")[2:4]) for p in theirs if p.count("/") >= 4}
+    assert variants == {f"T~{t}/sampler~{v}" for t in (20, 30) for v in ("ddpm", "ddim-2")}
+    runs = {p for p in ours if p.startswith("results/runs/")}  # settings: one folder in DVC
+    assert {p for p in runs if "/sampler~" in p} <= theirs
 
 
 def test_a_stale_dvc_yaml_refuses_to_run(tmp_path):

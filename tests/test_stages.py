@@ -110,6 +110,40 @@ def test_sampler_axes_make_variants_of_the_same_networks():
         assert stages.settings_of(train, v.config) == stages.settings_of(train, network.config)
 
 
+def test_a_bundle_axis_varies_settings_together():
+    """Full DDPM sampling beside DDIM at a step count: one axis whose values set two settings."""
+    sampler = [{"method": "ddpm"}, {"method": "ddim", "sample.steps": 5}]
+    no_steps = {**TINY["sample"], "steps": None}  # the shared value, which DDPM needs
+    cfg = config_from_dict(
+        {**TINY, "sample": no_steps, "grid": {"T": [20, 30], "sampler": sampler}}
+    )
+    the_plan = plan(cfg)
+    assert [n.id for n in the_plan.networks] == ["T~20", "T~30"]
+    assert the_plan.variant_axes == ["sampler"]
+    settings = {v.key: (v.config.sample.method, v.config.sample.steps) for v in the_plan.variants}
+    assert settings == {
+        "T~20/sampler~ddim-5": ("ddim", 5),
+        "T~20/sampler~ddpm": ("ddpm", None),
+        "T~30/sampler~ddim-5": ("ddim", 5),
+        "T~30/sampler~ddpm": ("ddpm", None),
+    }
+
+
+@pytest.mark.parametrize(
+    "axis, values, message",
+    [
+        ("T", [{"method": "ddim"}], "whose name must not be a setting"),
+        ("sampler", [{"method": "ddim"}, "ddpm"], "every value of a bundle axis must be a mapping"),
+        ("mixed", [{"T": 20, "method": "ddim"}], "all be read by training or all only by sampling"),
+        ("sampler", [{"method": "ddpm", "sample.steps": 5}], "only meaningful with sample.method"),
+        ("sampler", [{"stepz": 5}], "unknown key 'stepz'"),
+    ],
+)
+def test_a_bundle_axis_that_cannot_work_is_refused(axis, values, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(config_from_dict({**TINY, "grid": {axis: values}}))
+
+
 @pytest.mark.parametrize(
     "axis, message",
     [

@@ -31,14 +31,16 @@ from ddpm.train import TIMING_FIELDS, load_checkpoint, read_log
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
     project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     assert planned_jobs(project) == {
-        "settings": 18,  # 4 stages that run once, 4 networks x 3 stages, summary, report
+        # 4 stages that run once, 4 networks' training, 4 x 5 sampler variants x (sample,
+        # evaluate), summary, report
+        "settings": 50,
         "download": 1,
         "preprocess": 1,
         "inception_weights": 1,
         "reference_stats": 1,
         "train": 4,
-        "sample": 4,
-        "evaluate": 4,
+        "sample": 20,
+        "evaluate": 20,
         "summary": 1,
         "report": 1,
         "all": 1,
