@@ -1,6 +1,6 @@
 # The entry point: config, validation, rule files, and the final target.
 #   snakemake --cores all --use-conda                 the real sweep (config/config.yaml)
-#   snakemake --cores all --configfile config/demo.yaml   the offline CPU demo
+#   snakemake --cores all --configfile config/demo.yaml   the offline CPU demo (`make demo`)
 # profiles/default (picked up by itself) makes a plain rerun resume whatever was interrupted.
 from snakemake.utils import min_version, validate
 

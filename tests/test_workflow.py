@@ -55,6 +55,17 @@ def test_lint_is_clean_and_neither_lint_nor_a_dry_run_writes_anything(tmp_path):
     assert not (project / "results").exists(), written
 
 
+def test_a_configfile_grid_replaces_the_default_grid(tmp_path):
+    """`--configfile config/demo.yaml` runs the demo's grid, not the demo's axes added to the
+    default config's (whose `sampler` axis would make DDPM variants of the demo)."""
+    project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    jobs = planned_jobs(project, "--configfile", "config/demo.yaml")
+    networks = len(demo["grid"]["T"]) * len(demo["grid"]["schedule"])
+    variants = networks * len(demo["grid"]["sample.steps"])
+    assert (jobs["train"], jobs["sample"], jobs["evaluate"]) == (networks, variants, variants)
+
+
 def test_a_sampler_grid_trains_each_network_once(tmp_path):
     """Sampler axes make variants that share one trained network: 2 networks x 2 samplers
     train 2 networks and sample and evaluate 4 times, each in runs/<network>/<variant>/."""

@@ -13,8 +13,17 @@ shell.prefix(
     f"export PYTHONPATH={_PACKAGE_PATH}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; set -euo pipefail; "
 )
 
+from snakemake.common.configfile import load_configfile  # noqa: E402
+
 from ddpm import stages  # noqa: E402
 from ddpm.config import config_from_dict  # noqa: E402
+
+# A grid is one experiment design: a --configfile's grid replaces config/config.yaml's instead of
+# adding to its axes (Snakemake merges mappings key by key; every other key is overridden so).
+for _path in workflow.overwrite_configfiles:
+    _grid = (load_configfile(_path) or {}).get("grid")
+    if _grid is not None:
+        config["grid"] = _grid
 
 CFG = config_from_dict(config)  # raises ConfigError naming the key before any job runs
 PLAN = stages.plan(CFG)

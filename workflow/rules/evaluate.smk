@@ -7,6 +7,7 @@ rule inception_weights:
         f"{RESULTS}/logs/inception_weights.log",
     conda:
         "../envs/ddpm.yaml"
+    threads: 8  # evaluate.inception_source synthetic trains a small network on the CPU
     shell:
         get_shell("inception_weights")
 
