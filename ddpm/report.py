@@ -311,14 +311,20 @@ def _fid_plots(scored: list[dict]) -> str:
     return _figure_uri(fig)
 
 
-def best_at_each_budget(rows: list[dict]) -> dict[int, dict]:
-    """For each number of network evaluations per image, the scored row with the lowest FID."""
-    best: dict[int, dict] = {}
-    for r in rows:
-        nfe = r["nfe_per_image"]
-        if nfe not in best or r["fid"] < best[nfe]["fid"]:
-            best[nfe] = r
-    return dict(sorted(best.items()))
+def budgets(rows: list[dict]) -> dict[int, dict]:
+    """For each number of network evaluations per image: the scored row with the lowest FID,
+    the runner-up, the margin between them and whether it is within their noise."""
+    out = {}
+    for nfe in sorted({r["nfe_per_image"] for r in rows}):
+        ranked = sorted((r for r in rows if r["nfe_per_image"] == nfe), key=lambda r: r["fid"])
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        out[nfe] = {
+            "best": best,
+            "second": second,
+            "margin": second["fid"] - best["fid"] if second else None,
+            "tied": second is not None and _indistinguishable(best, second),
+        }
+    return out
 
 
 def _cost_plots(costed: list[dict]) -> str:
@@ -343,7 +349,7 @@ def _cost_plots(costed: list[dict]) -> str:
                 color=f"C{i}",
                 label=_label(pts[0]),
             )
-    for r in best_at_each_budget(costed).values():
+    for r in (b["best"] for b in budgets(costed).values()):
         a1.plot(
             r["nfe_per_image"],
             r["fid"],
@@ -534,7 +540,7 @@ def build_report(
         "best": _best(rows),
         "sigmas": DISTINGUISHABLE_SIGMAS,
         "floor_fid": next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None),
-        "budgets": best_at_each_budget(
+        "budgets": budgets(
             [r for r in rows if r.get("fid") is not None and r.get("nfe_per_image")]
         ),
         "costs": _training_costs(rows),

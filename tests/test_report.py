@@ -287,10 +287,15 @@ def test_sampler_variants_compare_quality_against_cost(tmp_path):
     metrics_file = tmp_path / "runs/T~20/sample.steps~10/metrics.json"
     metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid": 55.0}))
     context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
-    budgets = {nfe: r["run_id"] for nfe, r in context["budgets"].items()}
+    budgets = {nfe: b["best"]["run_id"] for nfe, b in context["budgets"].items()}
     assert budgets == {5: "T~30/sample.steps~5", 10: "T~20/sample.steps~10"}
     html = (tmp_path / "r.html").read_text()
-    assert "At 5 network evaluations per image, the best FID is <strong>T~30/sample.steps~5" in html
+    at = {int(li.split()[0]): li for li in html.split('<li class="budget">At ')[1:]}
+    # 70 +- 2 against 80 +- 2: told apart; 55 +- 2 against 60 +- 2: 5 < 2 x 2.83, not.
+    assert "the best FID is <strong>T~30/sample.steps~5</strong> (70 &plusmn; 2)" in at[5]
+    assert "ahead of T~20/sample.steps~5 (80 &plusmn; 2) by 10</li>" in at[5]
+    assert "ahead of T~30/sample.steps~10 (60 &plusmn; 2) by 5, " in at[10]
+    assert "within the noise" in at[10] and "within the noise" not in at[5]
     assert 'alt="FID against sampling cost"' in html and context["plots"]["cost"]
     assert [r["sample_s_per_1000"] for r in context["rows"]][:2] == [10.0, 5.0]
     costs = {c["network"]: (c["hours"], c["unit"]) for c in context["costs"]}
