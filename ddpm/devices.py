@@ -1,9 +1,11 @@
-"""Choosing the device: CUDA when present, and one training per GPU on multi-GPU machines."""
+"""Choosing the device: CUDA when present, and one job per GPU (training, sampling,
+evaluation) on machines that run several."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -19,18 +21,29 @@ def lock_dir() -> Path:
     return Path(os.environ.get("DDPM_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "ddpm-gpu-locks"))
 
 
-def acquire_gpu(poll_s: float = 5.0) -> int:
-    """Claim a visible GPU that no other ddpm process on this machine holds, waiting if all are
-    busy. The claim is an flock on `lock_dir()/gpuN.lock` that the OS releases when the process
-    ends, so a crash never leaves a GPU claimed."""
-    count = torch.cuda.device_count()
+def gpu_identities() -> list[str]:
+    """One stable name per visible GPU: its UUID where torch reports one, so the lock follows the
+    physical card. (Separate SLURM jobs each see their own GPU as device 0; naming locks by the
+    `CUDA_VISIBLE_DEVICES` text made them queue behind each other.)"""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    names = []
+    for index in range(torch.cuda.device_count()):
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        names.append(str(uuid) if uuid else visible[index] if visible else str(index))
+    return names
+
+
+def claim_gpu(identities: list[str], poll_s: float = 5.0) -> int:
+    """Claim one of the GPUs named by `identities` that no other ddpm process on this machine
+    holds, waiting while all are busy; returns its index. The claim is an flock on
+    `lock_dir()/gpu-<identity>.lock`, which the OS releases when the process ends, so a crash
+    never leaves a GPU claimed."""
     lock_dir().mkdir(parents=True, exist_ok=True)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     waited = False
     while True:
-        for index in range(count):
-            ident = visible.split(",")[index] if visible else str(index)
-            f = open(lock_dir() / f"gpu{ident.strip()}.lock", "a+")  # noqa: SIM115 - held open
+        for index, identity in enumerate(identities):
+            name = re.sub(r"[^A-Za-z0-9.-]", "_", identity)
+            f = open(lock_dir() / f"gpu-{name}.lock", "a+")  # noqa: SIM115 - held open
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -39,7 +52,10 @@ def acquire_gpu(poll_s: float = 5.0) -> int:
             _held_locks.append(f)
             return index
         if not waited:
-            print(f"all {count} GPUs are in use by other ddpm processes; waiting", flush=True)
+            print(
+                f"all {len(identities)} GPUs are in use by other ddpm processes; waiting",
+                flush=True,
+            )
             waited = True
         time.sleep(poll_s)
 
@@ -50,7 +66,7 @@ def select_device(preference: str, exclusive: bool = False) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise PipelineError("device 'cuda' was requested but CUDA is not available here")
-    index = acquire_gpu() if exclusive else torch.cuda.current_device()
+    index = claim_gpu(gpu_identities()) if exclusive else torch.cuda.current_device()
     return torch.device("cuda", index)
 
 

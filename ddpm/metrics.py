@@ -278,7 +278,7 @@ def reference_stats(
     if eval_cfg.reference_max_images and len(images) > eval_cfg.reference_max_images:
         g = torch.Generator().manual_seed(eval_cfg.seed)
         images = images[torch.randperm(len(images), generator=g)[: eval_cfg.reference_max_images]]
-    device = select_device(eval_cfg.device)
+    device = select_device(eval_cfg.device, exclusive=True)
     start = time.perf_counter()
     net = load_inception(weights, device)
     feats = extract_features(net, images, eval_cfg.batch_size, device, "reference", progress)
@@ -377,7 +377,7 @@ def evaluate(
             "run `python -m ddpm reference-stats` again with these weights"
         )
     images = load_samples(samples)
-    device = select_device(eval_cfg.device)
+    device = select_device(eval_cfg.device, exclusive=True)
     start = time.perf_counter()
     net = load_inception(weights, device)
     feats = extract_features(net, images, eval_cfg.batch_size, device, "evaluate", progress)

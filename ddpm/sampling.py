@@ -204,7 +204,7 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
     summary."""
     out_dir = Path(out_dir)
     sc = cfg.sample
-    device = select_device(sc.device)
+    device = select_device(sc.device, exclusive=True)
     model, diffusion, state = load_network(ckpt_path, device)
     size = state["image_size"]
     shape = (3, size, size)
