@@ -56,8 +56,7 @@ def weights_info(path: str | Path) -> dict:
             f"build random ones with `python -m ddpm make-test-inception --out {path}` "
             f"(their FIDs are not comparable with published numbers)."
         )
-    sidecar = path.with_name(path.name + ".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    meta = _sidecar(path)
     kind = meta.get("kind", "inception")
     return {
         "sha256": file_digest(path),
@@ -65,6 +64,11 @@ def weights_info(path: str | Path) -> dict:
         "test_weights": kind == "random-test",
         **({"seed": meta["seed"]} if "seed" in meta else {}),
     }
+
+
+def _sidecar(path: Path) -> dict:
+    sidecar = path.with_name(path.name + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
 
 
 def check_weights(path: str | Path, sha256_prefix: str) -> dict:
@@ -105,7 +109,7 @@ def load_inception(weights: str | Path, device: torch.device) -> nn.Module:
     synthetic flowers' `FlowerFeatures` when the sidecar says so."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    if weights_info(weights)["kind"] == features.KIND:
+    if _sidecar(Path(weights)).get("kind") == features.KIND:  # the kind only: no second hash
         return features.load_flower_features(weights, device, MetricsError)
 
     try:

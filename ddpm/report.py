@@ -185,7 +185,9 @@ def _read_log(path: Path) -> dict[str, np.ndarray] | None:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
-def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
+def _plots(
+    cfg: Config, rows: list[dict], runs_dir: Path, floor: float | None, leaders: dict
+) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,10 +241,9 @@ def _plots(cfg: Config, rows: list[dict], runs_dir: Path) -> dict[str, str]:
 
     scored = [r for r in rows if r.get("fid") is not None]
     if scored:
-        plots["fid"] = _fid_plots(scored)
-        costed = [r for r in scored if r.get("nfe_per_image")]
-        if costed:
-            plots["cost"] = _cost_plots(costed)
+        plots["fid"] = _fid_plots(scored, floor)
+    if leaders:
+        plots["cost"] = _cost_plots([r for r in scored if r.get("nfe_per_image")], leaders)
     return plots
 
 
@@ -256,7 +257,7 @@ def _errors(rows: list[dict]) -> list[float] | None:
     return None if all(v is None for v in stds) else [v or 0.0 for v in stds]
 
 
-def _fid_plots(scored: list[dict]) -> str:
+def _fid_plots(scored: list[dict], floor: float | None) -> str:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -303,7 +304,6 @@ def _fid_plots(scored: list[dict]) -> str:
     )
     for ax in (a1, a2):
         ax.grid(alpha=0.3, axis="y")
-    floor = next((r["floor_fid"] for r in scored if r.get("floor_fid") is not None), None)
     if floor is not None:
         for ax in (a1, a2):
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
@@ -327,7 +327,7 @@ def budgets(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def _cost_plots(costed: list[dict]) -> str:
+def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
     """FID against sampling cost, one line per trained network; a star marks the best run at
     each number of network evaluations."""
     import matplotlib.pyplot as plt
@@ -349,7 +349,7 @@ def _cost_plots(costed: list[dict]) -> str:
                 color=f"C{i}",
                 label=_label(pts[0]),
             )
-    for r in (b["best"] for b in budgets(costed).values()):
+    for r in (b["best"] for b in leaders.values()):
         a1.plot(
             r["nfe_per_image"],
             r["fid"],
@@ -533,21 +533,21 @@ def build_report(
         )
     test_weights = any(r.get("test_weights") for r in rows)
     flower_features = any(r.get("features") == "synthetic-features" for r in rows)
+    floor = next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None)
+    leaders = budgets([r for r in rows if r.get("fid") is not None and r.get("nfe_per_image")])
     context = {
         "title": rc.title,
         "rows": rows,
         "failed": [r for r in rows if r["status"] != "ok"],
         "best": _best(rows),
         "sigmas": DISTINGUISHABLE_SIGMAS,
-        "floor_fid": next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None),
-        "budgets": budgets(
-            [r for r in rows if r.get("fid") is not None and r.get("nfe_per_image")]
-        ),
+        "floor_fid": floor,
+        "budgets": leaders,
         "costs": _training_costs(rows),
         "seed_rows": [r for r in rows if r["seed_setting"]],
         "grid": cfg.grid,
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
-        "plots": _plots(cfg, rows, runs_dir),
+        "plots": _plots(cfg, rows, runs_dir, floor, leaders),
         "test_weights": test_weights,
         "flower_features": flower_features,
         "far_threshold": FAR_FROM_NOISE,
