@@ -1,7 +1,7 @@
 """The cluster path on a real SLURM: a one-node cluster from Debian's packages (munge, slurmctld,
 slurmd), started by this test as root, runs the sweep through Snakemake's SLURM executor and the
-project's own profile; a training cancelled with `scancel` is resubmitted by the profile's
-retries and resumes from its checkpoint.
+project's own profile; a training cancelled with `scancel` checkpoints at once (the job step's
+Snakemake passes the SIGTERM on to it), is resubmitted by the profile's retries and resumes.
 
 The node has no accounting database (like many small clusters), so it also shows the profile's
 job status queries work without one. It declares 16 CPUs, 64 GB and four GPUs as a generic
@@ -17,6 +17,7 @@ The test refuses to touch an existing /etc/slurm/slurm.conf, and removes its own
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ from ddpm.train import read_log
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARK = "# written by ddpm-pipeline's tests/test_slurm.py"
+STEPS = 300  # per training; the cancel comes after the first 10
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
 
@@ -206,7 +208,7 @@ def _slurm_jobs() -> list[dict]:
 def test_the_sweep_runs_through_slurm_and_a_cancelled_training_resumes(cluster, tmp_path):
     cfg = {
         **TINY,
-        "train": {**TINY["train"], "steps": 150, "log_every": 10, "checkpoint_every": 1000},
+        "train": {**TINY["train"], "steps": STEPS, "log_every": 10, "checkpoint_every": 1000},
     }
     project = make_project(tmp_path / "cluster", cfg)
     profile = _site_profile(tmp_path / "profile")
@@ -299,10 +301,13 @@ def _check_the_cluster_run(project: Path, proc: subprocess.Popen, before: set[st
     left = _processes_in(project)
     assert not left, [Path(f"/proc/{pid}/cmdline").read_text() for pid in left]
 
-    # The retry resumed from the checkpoint the cancelled job wrote, and lost no log row.
+    # The retry resumed from the checkpoint that the cancelled job wrote when it was signalled
+    # (the periodic ones come every 1000 steps), and lost no log row.
     train_log = (project / "results/logs/train/T~20.log").read_text()
-    assert "resuming T~20 from step" in train_log
-    assert [row["step"] for row in read_log(log)] == list(range(10, 151, 10))
+    resumed = re.search(r"resuming T~20 from step (\d+)", train_log)
+    assert resumed, train_log
+    assert 10 <= int(resumed[1]) < STEPS, train_log
+    assert [row["step"] for row in read_log(log)] == list(range(10, STEPS + 1, 10))
 
 
 def _processes_in(folder: Path) -> list[int]:

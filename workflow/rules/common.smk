@@ -15,7 +15,7 @@ shell.prefix(
 
 from snakemake.common.configfile import load_configfile  # noqa: E402
 
-from ddpm import stages  # noqa: E402
+from ddpm import jobstep, stages  # noqa: E402
 from ddpm.config import config_from_dict  # noqa: E402
 
 # A grid is one experiment design: a --configfile's grid replaces config/config.yaml's instead of
@@ -24,6 +24,11 @@ for _path in workflow.overwrite_configfiles:
     _grid = (load_configfile(_path) or {}).get("grid")
     if _grid is not None:
         config["grid"] = _grid
+
+# A job step on a cluster: a SIGTERM from the scheduler (cancel, preemption, time limit) reaches
+# this Snakemake alone; pass it on so a training checkpoints before the SIGKILL that follows.
+if workflow.remote_exec:
+    jobstep.forward_termination()
 
 CFG = config_from_dict(config)  # raises ConfigError naming the key before any job runs
 PLAN = stages.plan(CFG)
