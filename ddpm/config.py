@@ -56,6 +56,7 @@ RENAMED_VALUES = {"diffusion.schedule": RENAMED}
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["bf16", "fp16", "fp32"]
+Compile = Literal["auto"] | bool
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class DiffusionConfig:
 class TrainConfig:
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     precision: Precision = setting("bf16", "autocast precision on CUDA (CPU always trains in fp32)")
-    compile: bool = setting(False, "wrap the network in torch.compile")
+    compile: Compile = setting("auto", "torch.compile the network; auto = on CUDA only")
     batch_size: int = setting(128, "images per optimiser step", ge=1)
     lr: float = setting(2.0e-4, "peak AdamW learning rate", gt=0.0, lt=1.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0.0)
@@ -160,6 +161,7 @@ class SampleConfig:
     seed: int = setting(0, "sample i depends only on (seed, i)", ge=0)
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     precision: Precision = setting("bf16", "autocast precision on CUDA")
+    compile: Compile = setting("auto", "torch.compile the network; auto = on CUDA only")
     trajectory_images: int = setting(6, "samples shown in trajectory.png", ge=1)
     trajectory_points: int = setting(8, "columns of trajectory.png, from x_T to the sample", ge=2)
 

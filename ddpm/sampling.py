@@ -1,13 +1,15 @@
 """Samplers as plain functions: DDPM ancestral sampling and DDIM.
 
-Every random number that sample i uses comes from its own generator seeded by (seed, i), and
-noise is drawn on the CPU, so image i is the same at any batch size and on any device (up to
-the device's arithmetic).
+Every random number that sample i uses is a function of (seed, i) and its place in the chain
+alone, computed on the sampling device by a counter-based generator (`SampleNoise`): image i is
+the same at any batch size and on any device (up to the device's arithmetic), and no noise is
+drawn on the host and copied over at each step.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,22 +20,65 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.devices import autocast, select_device
-from ddpm.diffusion import GaussianDiffusion, Model, Variance, build_diffusion, extract
+from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
 from ddpm.errors import PipelineError
 from ddpm.files import atomic_write_bytes, atomic_write_json, load_torch
 from ddpm.images import save_grid
-from ddpm.unet import build_unet
+from ddpm.model import Networks, build, compile_, wants_compile
+
+# -- noise -----------------------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator of sample `index` under `seed`, independent of every other sample."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash with full avalanche, "lowbias32" from C. Wellons'
+    hash-prospector (two xorshift-multiply rounds), on an int64 tensor of values in [0, 2^32).
+    Overwrites `x` (the noise is memory-bound: temporaries cost as much as arithmetic)."""
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x ^= x >> shift
+        # x * multiplier mod 2^32, split at 16 bits so that no product exceeds 2^48: int64 has
+        # no unsigned wrap-around to lean on
+        low = x * (multiplier & 0xFFFF)
+        x.mul_(multiplier >> 16).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+        x.add_(low).bitwise_and_(_M32)
+    x ^= x >> 16
+    return x
 
 
-def _randn(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
-    """One draw of N(0, I) of `shape` per generator, stacked: [len(gens) x *shape]."""
-    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+def sample_keys(seed: int, indices: Sequence[int]) -> torch.Tensor:
+    """Two 32-bit words per sample, [len(indices) x 2] int64, from NumPy's SeedSequence of
+    (seed, index): independent streams for every sample."""
+    words = [np.random.SeedSequence([seed, i]).generate_state(2) for i in indices]
+    return torch.tensor(np.array(words, dtype=np.int64).reshape(-1, 2))
+
+
+class SampleNoise:
+    """Successive draws of N(0, I) noise [B x *shape] for a batch of samples, made on `device`.
+
+    Element j of draw k of sample i is a Box-Muller transform of two uniforms, hashes of the
+    hashed counters 2j and 2j + 1 with a stream number that hashes (the key of (seed, i), k).
+    The integer hashing is exact on every device, so only the float transform's last bits can
+    differ between CPU and GPU; sample i's k-th draw is the same whichever batch it is in."""
+
+    def __init__(
+        self, seed: int, indices: Sequence[int], shape: tuple[int, ...], device: torch.device
+    ):
+        self.shape, self.device, self.draws = tuple(shape), device, 0
+        self.keys = sample_keys(seed, indices).to(device)  # (B, 2)
+        j = torch.arange(math.prod(shape), device=device, dtype=torch.int64)
+        self._counters = (mix32(2 * j), mix32(2 * j + 1))  # shared by every sample and draw
+
+    def __call__(self) -> torch.Tensor:
+        k = torch.full_like(self.keys[:, 0], self.draws)
+        self.draws += 1
+        stream = mix32(self.keys[:, 0] ^ mix32(self.keys[:, 1] ^ mix32(k)))[:, None]  # (B, 1)
+        u1, u2 = (
+            mix32(c[None] ^ stream).double().add_(0.5).div_(2**32)  # (B, numel) in (0, 1)
+            for c in self._counters
+        )
+        z = u1.log_().mul_(-2.0).sqrt_().mul_(u2.mul_(2.0 * math.pi).cos_())
+        return z.float().view(-1, *self.shape)
 
 
 @dataclass
@@ -49,15 +94,13 @@ Step = Callable[[torch.Tensor, int, int], torch.Tensor]  # (x_t, t, t_prev) -> x
 def _run_chain(
     timesteps: list[int],
     step: Step,
-    gens: list[torch.Generator],
-    shape: tuple[int, int, int],
-    device: torch.device,
+    noise: SampleNoise,
     record: Sequence[int],
     progress: bool,
     desc: str,
 ) -> SampleResult:
     """Start from x_T ~ N(0, I) and apply `step(x, t, t_prev)` for each t (descending)."""
-    x = _randn(gens, shape, device)
+    x = noise()
     record = set(record)
     trajectory = []
     prevs = timesteps[1:] + [-1]
@@ -92,18 +135,16 @@ def ddpm_sample(
     x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), with no noise at the last step.
     """
     device = torch.device(device)
-    gens = [sample_generator(seed, i) for i in indices]
+    noise = SampleNoise(seed, indices, shape, device)
 
     def step(x, t, t_prev):
         t_vec = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         out = diffusion.p_mean_variance(model, x, t_vec, clip_denoised, variance)
         if t == 0:
             return out["mean"]
-        return out["mean"] + (0.5 * out["log_variance"]).exp() * _randn(gens, shape, device)
+        return out["mean"] + (0.5 * out["log_variance"]).exp() * noise()
 
-    return _run_chain(
-        list(range(diffusion.T - 1, -1, -1)), step, gens, shape, device, record, progress, "ddpm"
-    )
+    return _run_chain(list(range(diffusion.T - 1, -1, -1)), step, noise, record, progress, "ddpm")
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -135,7 +176,7 @@ def ddim_sample(
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); eta = 0 is deterministic.
     """
     device = torch.device(device)
-    gens = [sample_generator(seed, i) for i in indices]
+    noise = SampleNoise(seed, indices, shape, device)
     ab = diffusion.alphas_cumprod
 
     def step(x, t, t_prev):
@@ -148,12 +189,10 @@ def ddim_sample(
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
         x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:
-            x_prev = x_prev + sigma * _randn(gens, shape, device)
+            x_prev = x_prev + sigma * noise()
         return x_prev
 
-    return _run_chain(
-        ddim_timesteps(diffusion.T, steps), step, gens, shape, device, record, progress, "ddim"
-    )
+    return _run_chain(ddim_timesteps(diffusion.T, steps), step, noise, record, progress, "ddim")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -183,19 +222,17 @@ def load_final(path: str | Path) -> dict:
     return state
 
 
-def load_network(ckpt_path: str | Path, device: torch.device):
-    """The EMA network of `final.pt`, built from the training settings stored in it, and its
-    diffusion: (model, diffusion, state). Sampling needs no training settings of its own."""
+def load_network(ckpt_path: str | Path, device: torch.device) -> tuple[Networks, dict]:
+    """The EMA network of `final.pt`, built from the training settings stored in it, with its
+    diffusion, and the file's contents. Sampling needs no training settings of its own."""
     from ddpm.stages import get_stage, job_config
 
     state = load_final(ckpt_path)
     train_cfg = job_config(get_stage("train"), state["settings"])
-    model = build_unet(train_cfg.model, state["image_size"])
-    model.load_state_dict(state["ema"])
-    model = model.to(device).eval().requires_grad_(False)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, build_diffusion(train_cfg.diffusion).to(device), state
+    nets = build(
+        train_cfg.model, train_cfg.diffusion, state["image_size"], device, weights=state["ema"]
+    )
+    return nets, state
 
 
 def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> dict:
@@ -205,7 +242,10 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
     out_dir = Path(out_dir)
     sc = cfg.sample
     device = select_device(sc.device, exclusive=True)
-    model, diffusion, state = load_network(ckpt_path, device)
+    nets, state = load_network(ckpt_path, device)
+    if wants_compile(sc.compile, device):
+        nets = compile_(nets, min(sc.batch_size, sc.num_images), sc.precision, train=False)
+    model, diffusion = nets.net, nets.diffusion
     size = state["image_size"]
     shape = (3, size, size)
     T = diffusion.T
@@ -282,6 +322,9 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
         "elapsed_s": elapsed,
         "images_per_s": sc.num_images / elapsed,
         "device": str(device),
+        "compiled": nets.net is not nets.model,
+        "compile_s": nets.compile_s,
+        "compile_error": nets.compile_error,
         "trajectory_t": [t for t, _ in traj],
         "train_step": state["step"],
     }

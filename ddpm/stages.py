@@ -146,6 +146,7 @@ def _stages(cfg: Config) -> list[Stage]:
             reads=("model", "diffusion", "train"),
             code=(
                 "train.py",
+                "model.py",
                 "unet.py",
                 "diffusion.py",
                 "schedules.py",
@@ -170,6 +171,7 @@ def _stages(cfg: Config) -> list[Stage]:
             reads=("sample",),
             code=(
                 "sampling.py",
+                "model.py",
                 "unet.py",
                 "diffusion.py",
                 "schedules.py",

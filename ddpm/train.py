@@ -27,7 +27,6 @@ from ddpm import __version__
 from ddpm.config import Config, diff_keys
 from ddpm.dataset import load_dataset
 from ddpm.devices import autocast, select_device
-from ddpm.diffusion import build_diffusion
 from ddpm.ema import EMA
 from ddpm.errors import PipelineError
 from ddpm.files import (
@@ -38,8 +37,9 @@ from ddpm.files import (
     save_torch,
 )
 from ddpm.images import save_grid
+from ddpm.model import MEMORY_FORMAT, build, compile_, wants_compile
 from ddpm.sampling import ddim_sample, to_uint8
-from ddpm.unet import build_unet, count_parameters
+from ddpm.unet import count_parameters
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
@@ -243,6 +243,106 @@ class _StopFlag:
 # -- the loop ------------------------------------------------------------------------------------
 
 
+class TrainLoop:
+    """Everything one optimiser step reads and changes: the network and its diffusion, the EMA,
+    the optimiser, the gradient scaler, the run's generator and the loss log. `run_step` is the
+    step that `train` takes (and that `benchmarks/bench_gpu.py` times); `state_dict` and
+    `load_state_dict` are what a checkpoint holds of it."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: torch.Tensor,
+        device: torch.device,
+        memory_format: torch.memory_format = MEMORY_FORMAT,
+    ):
+        tc = cfg.train
+        self.cfg, self.data, self.device = cfg, data, device
+        self.memory_format = memory_format  # another than the default: for benchmarks
+        torch.manual_seed(tc.seed)  # the network's initial weights and dropout
+        nets = build(cfg.model, cfg.diffusion, data.shape[-1], device, memory_format=memory_format)
+        if wants_compile(tc.compile, device):
+            nets = compile_(
+                nets, tc.batch_size, tc.precision, train=True, memory_format=memory_format
+            )
+        self.nets = nets
+        self.model, self.diffusion = nets.model, nets.diffusion
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=device.type == "cuda" and tc.precision == "fp16"
+        )
+        self.gen = torch.Generator(device).manual_seed(tc.seed)
+        self.log = LossLog(device)
+        self.grad_norm = torch.zeros((), device=device)
+
+    def get_batch(self) -> torch.Tensor:
+        """A batch [B x 3 x S x S] in [-1, 1]: seeded indices, random horizontal flips."""
+        tc = self.cfg.train
+        idx = torch.randint(
+            0, self.data.shape[0], (tc.batch_size,), device=self.device, generator=self.gen
+        )
+        x = self.data[idx].float().div_(127.5).sub_(1.0)
+        if tc.hflip:
+            flip = torch.rand(tc.batch_size, device=self.device, generator=self.gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def run_step(self, step: int) -> None:
+        """Optimiser step `step` (0-based): batch, loss, backward, clipping, AdamW, EMA."""
+        tc = self.cfg.train
+        for group in self.opt.param_groups:
+            group["lr"] = get_lr(self.cfg, step)
+        self.model.train()
+        x = self.get_batch()
+        with autocast(self.device, tc.precision):
+            out = self.diffusion.training_loss(self.nets.net, x, generator=self.gen)
+        loss = out["loss"].mean()
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        # max_norm = inf measures the norm without clipping
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), tc.grad_clip or float("inf")
+        )
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.log.add(loss, out["loss"], out["t"], self.diffusion.T)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "log": self.log.state_dict(),
+            "rng": {
+                "generator": self.gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device)
+                if self.device.type == "cuda"
+                else None,
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.log.load_state_dict(state["log"])
+        self.gen.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
 def train(
     cfg: Config,
     network_id: str,
@@ -282,22 +382,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
 
-    # 1. Model, diffusion, EMA, optimiser, scaler, generator, log.
-    torch.manual_seed(tc.seed)
-    model = build_unet(cfg.model, size).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    diffusion = build_diffusion(cfg.diffusion).to(device)
-    ema = EMA(model, tc.ema_decay, tc.ema_warmup)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
-    )
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=device.type == "cuda" and tc.precision == "fp16"
-    )
-    gen = torch.Generator(device).manual_seed(tc.seed)
-    net = torch.compile(model) if tc.compile else model
-    log = LossLog(device)
+    # 1. The network, its diffusion and everything a step changes.
+    loop = TrainLoop(cfg, data, device)
 
     # 2. Resume, or set a checkpoint of another identity aside.
     ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
@@ -320,44 +406,17 @@ def train(
             )
             state = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        log.load_state_dict(state["log"])
-        gen.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        loop.load_state_dict(state)
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         print(f"resuming {network_id} from step {start} ({ckpt_path})", flush=True)
-    write_log(log_path, log.rows)
+    write_log(log_path, loop.log.rows)
 
     def save_checkpoint(step: int, elapsed: float) -> None:
-        save_torch(
-            ckpt_path,
-            {
-                **identity,
-                "step": step,
-                "elapsed_s": elapsed,
-                "network": network_id,
-                "version": __version__,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "log": log.state_dict(),
-                "rng": {
-                    "generator": gen.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
-            },
-        )
+        meta = {"step": step, "elapsed_s": elapsed, "network": network_id, "version": __version__}
+        save_torch(ckpt_path, {**identity, **meta, **loop.state_dict()})
 
-    # 3. The loop.
+    # 3. The loop: a step, then what is due after it (log row, preview, checkpoint, stop).
     preview_noise_seed = tc.seed + 1
-    grad_norm = torch.zeros((), device=device)
     t0 = time.perf_counter()
     window_start, window_step = t0, start
     stopped_by = "steps"
@@ -373,33 +432,8 @@ def train(
         writer = csv.DictWriter(log_file, LOG_FIELDS)
         step = start
         while step < steps:
-            model.train()
-            lr = get_lr(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            # A batch: seeded indices, random horizontal flips, on the device.
-            idx = torch.randint(0, n_images, (tc.batch_size,), device=device, generator=gen)
-            x = data[idx].float().div_(127.5).sub_(1.0)  # (B, 3, S, S) in [-1, 1]
-            if tc.hflip:
-                flip = torch.rand(tc.batch_size, device=device, generator=gen) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, tc.precision):
-                out = diffusion.training_loss(net, x, generator=gen)
-            loss = out["loss"].mean()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            # max_norm = inf measures the norm without clipping
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip or float("inf")
-            )
-            scaler.step(opt)
-            scaler.update()
-            ema.update(model)
+            loop.run_step(step)
             step += 1
-            log.add(loss, out["loss"], out["t"], diffusion.T)
             bar.update(1)
 
             elapsed = elapsed_before + time.perf_counter() - t0
@@ -410,7 +444,7 @@ def train(
             want_ckpt = step % tc.checkpoint_every == 0 or last or interrupted
             if want_row or want_ckpt:
                 # Sync point: check the losses since the last one.
-                bad = log.sync(step)
+                bad = loop.log.sync(step)
                 if bad is not None:
                     raise TrainingError(
                         f"{network_id}: the loss became non-finite at step {bad}; stopped. The "
@@ -421,15 +455,16 @@ def train(
                 now = time.perf_counter()
                 ips = (step - window_step) * tc.batch_size / max(now - window_start, 1e-9)
                 window_start, window_step = now, step
-                row = log.row(step, lr, float(grad_norm), ips, elapsed)
+                lr = get_lr(cfg, step - 1)
+                row = loop.log.row(step, lr, float(loop.grad_norm), ips, elapsed)
                 writer.writerow(row)
                 log_file.flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
             previewing = bool(tc.preview_every) and step % tc.preview_every == 0
             if previewing:
                 _preview(
-                    ema.model,
-                    diffusion,
+                    loop.ema.model,
+                    loop.diffusion,
                     cfg,
                     device,
                     size,
@@ -462,10 +497,10 @@ def train(
             "step": step,
             "image_size": size,
             "version": __version__,
-            "ema": ema.model.state_dict(),
+            "ema": loop.ema.model.state_dict(),
         },
     )
-    rows = log.rows
+    rows = loop.log.rows
     measured = rows[1:] or rows  # the first window includes start-up costs
     summary = {
         "network": network_id,
@@ -478,7 +513,10 @@ def train(
         "images_per_s": sum(r["images_per_s"] for r in measured) / len(measured)
         if measured
         else None,
-        "parameters": count_parameters(model),
+        "compiled": loop.nets.net is not loop.model,
+        "compile_s": loop.nets.compile_s,
+        "compile_error": loop.nets.compile_error,
+        "parameters": count_parameters(loop.model),
         "device": _device_name(device),
         "precision": tc.precision if device.type == "cuda" else "fp32",
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device)

@@ -1,7 +1,16 @@
+import numpy as np
 import torch
+from scipy import stats
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.sampling import ddim_sample, ddim_timesteps, ddpm_sample, to_uint8
+from ddpm.sampling import (
+    SampleNoise,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    mix32,
+    to_uint8,
+)
 from ddpm.schedules import make_betas
 from ddpm.unet import UNet, UNetSpec
 
@@ -79,3 +88,51 @@ def test_ddim_timesteps():
 def test_to_uint8_clamps_instead_of_wrapping():
     x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.5])
     assert to_uint8(x).tolist() == [0, 0, 128, 255, 255]
+
+
+# -- the noise ------------------------------------------------------------------------------------
+
+
+def _mix32_reference(x: int) -> int:
+    """lowbias32 in plain Python integers, masked to 32 bits after each operation."""
+    m = 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def test_the_hash_equals_its_plain_integer_definition():
+    rng = np.random.default_rng(0)
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, *rng.integers(0, 2**32, 1000).tolist()]
+    got = mix32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [_mix32_reference(v) for v in values]
+    assert len(set(got)) == len(values)  # a bijection: no collisions
+
+
+def test_noise_is_standard_normal_and_independent():
+    noise = SampleNoise(3, range(64), (3, 16, 16), torch.device("cpu"))
+    a, b = noise(), noise()  # (64, 3, 16, 16) each: 49,152 values
+    z = torch.cat([a, b]).flatten().double().numpy()
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs((np.abs(z) > 3).mean() - 2 * stats.norm.sf(3)) < 1e-3
+
+    def corr(x, y):
+        return np.corrcoef(x.flatten().numpy(), y.flatten().numpy())[0, 1]
+
+    # Successive draws, neighbouring samples, neighbouring pixels, channels: uncorrelated.
+    for x, y in ((a, b), (a[:-1], a[1:]), (a[..., :-1], a[..., 1:]), (a[:, 0], a[:, 1])):
+        assert abs(corr(x, y)) < 0.03
+
+
+def test_a_samples_noise_depends_on_its_seed_and_index_only():
+    cpu = torch.device("cpu")
+    batch = SampleNoise(7, [3, 4, 5], (3, 8, 8), cpu)
+    alone = SampleNoise(7, [4], (3, 8, 8), cpu)
+    for _ in range(3):
+        assert torch.equal(batch()[1], alone()[0])
+    assert not torch.equal(
+        SampleNoise(8, [4], (3, 8, 8), cpu)(), SampleNoise(7, [4], (3, 8, 8), cpu)()
+    )

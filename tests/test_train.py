@@ -299,3 +299,38 @@ def test_sampling_reads_only_sample_settings(setup, tmp_path):
     assert set(document["settings"]) == {"sample"}
     with pytest.raises(UndeclaredSettingError, match="diffusion.T"):
         cfg.diffusion.T + 1  # noqa: B018
+
+
+@pytest.mark.slow
+def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path):
+    """torch.compile (inductor, on CPU here) changes how the network runs, not what it
+    computes; and a checkpoint written compiled resumes uncompiled (another machine, say)."""
+    config, data = setup
+    logs, summaries = {}, {}
+    for compiled in (False, True):
+        out = tmp_path / f"compiled-{compiled}"
+        summaries[compiled] = run_training(
+            config, data, out, {"train.steps": 10, "train.compile": compiled}
+        )
+        logs[compiled] = read_log(out / "train_log.csv")
+    assert summaries[False]["compiled"] is False and summaries[False]["compile_s"] is None
+    assert summaries[True]["compiled"] is True and summaries[True]["compile_s"] > 0
+    for plain, fast in zip(logs[False], logs[True], strict=True):
+        assert fast["step"] == plain["step"]
+        assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+
+    resumed = run_training(
+        config, data, tmp_path / "compiled-True", {"train.steps": 15, "train.compile": False}
+    )
+    assert resumed["steps"] == 15 and resumed["compiled"] is False
+    assert [r["step"] for r in read_log(tmp_path / "compiled-True/train_log.csv")] == [5, 10, 15]
+
+    ckpt = tmp_path / "compiled-False/final.pt"
+    images = {}
+    for compiled in (False, True):
+        cfg, _ = job("sample", config, {"sample.compile": compiled})
+        summary = generate(cfg, RUN, ckpt, tmp_path / f"samples-{compiled}", progress=False)
+        assert summary["compiled"] is compiled
+        images[compiled] = np.load(tmp_path / f"samples-{compiled}/samples.npz")["images"]
+    difference = np.abs(images[True].astype(int) - images[False].astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01  # float rounding, at most
