@@ -1,0 +1,269 @@
+"""GPU speed in one run (`make bench-gpu`; about 6 minutes on one H100 or H200, estimated from
+the compile and step times in issue 13): what a sweep's GPU-hours are made of.
+
+1. Training: the shipped step, `TrainLoop.run_step` (the function `ddpm train` calls, not a
+   copy), for the `base` preset at 64 px, batch 128, bf16: eager and torch.compile, NCHW and
+   channels_last. Images/s, model FLOP utilisation (MFU) against the card's bf16 peak from its
+   datasheet and against a bf16 matmul measured in the same run, peak memory, compile seconds.
+2. Sampling: the shipped DDPM sampler (`ddpm_sample`, host-side noise included) at batch 500,
+   eager and compiled: ms per step, and minutes per 10,000 images at T = 1000 and T = 350.
+3. Evaluation: Inception (FID's network, random weights of the right shape) images/s at 299 px.
+
+    python benchmarks/bench_gpu.py            # on CUDA: the table, and results/bench_gpu.json
+    python benchmarks/bench_gpu.py --quick    # tiny sizes, runs anywhere (CPU too): a check
+                                              # that tests/test_bench_gpu.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, repeat, save, table  # noqa: E402
+
+from ddpm.config import config_from_dict  # noqa: E402
+from ddpm.devices import autocast  # noqa: E402
+from ddpm.metrics import extract_features, load_inception, make_test_inception  # noqa: E402
+from ddpm.model import build, compile_  # noqa: E402
+from ddpm.sampling import ddpm_sample  # noqa: E402
+from ddpm.train import TrainLoop  # noqa: E402
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), in FLOP/s; the first name
+# contained in torch.cuda.get_device_name() wins.
+SPEC_BF16 = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+}
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+FULL = {"preset": "base", "size": 64, "batch": 128, "steps": 20, "sample_batch": 500,
+        "sample_steps": 10, "inception_images": 2048, "inception_batch": 256}  # fmt: skip
+QUICK = {"preset": "tiny", "size": 16, "batch": 8, "steps": 3, "sample_batch": 4,
+         "sample_steps": 3, "inception_images": 8, "inception_batch": 4}  # fmt: skip
+
+
+def spec_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in SPEC_BF16.items() if key in name), None)
+
+
+def matmul_peak(device: torch.device, n: int) -> float:
+    """bf16 FLOP/s of an n x n x n matmul (fp32 on CPU, where bf16 is emulated)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    timing = repeat(lambda: a @ b, repeats=5, sync=_sync(device))
+    return 2 * n**3 / timing["median_s"]
+
+
+def _sync(device: torch.device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def _config(sizes: dict, **train):
+    return config_from_dict(
+        {
+            "model": {"preset": sizes["preset"]},
+            "data": {"image_size": sizes["size"], "source": "synthetic"},
+            "train": {"batch_size": sizes["batch"], "precision": "bf16", **train},
+        }
+    )
+
+
+def flops_per_image(cfg, device: torch.device) -> float:
+    """Forward + backward FLOPs of one image, by torch's FLOP counter (batch of 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(cfg.model, cfg.diffusion, cfg.data.image_size, device).model
+    x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
+    t = torch.randint(0, cfg.diffusion.T, (2,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t).float().square().mean().backward()
+    return counter.get_total_flops() / 2
+
+
+def bench_training(sizes: dict, device: torch.device, peaks: dict) -> list[dict]:
+    rows = []
+    data = torch.randint(0, 256, (1024, 3, sizes["size"], sizes["size"]), dtype=torch.uint8)
+    data = data.to(device)
+    per_image = flops_per_image(_config(sizes), device)
+    for compiled in (False, True):
+        for layout, memory_format in LAYOUTS.items():
+            cfg = _config(sizes, compile=compiled)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            loop = TrainLoop(cfg, data, device, memory_format=memory_format)
+            timing = _time_steps(loop, sizes["steps"], device)
+            images_per_s = sizes["steps"] * sizes["batch"] / timing["median_s"]
+            row = {
+                "compiled": loop.nets.net is not loop.model,
+                "layout": layout,
+                "images_per_s": images_per_s,
+                "images_per_s_range": [
+                    sizes["steps"] * sizes["batch"] / timing[k] for k in ("max_s", "min_s")
+                ],
+                "flops_per_image": per_image,
+                "compile_s": loop.nets.compile_s,
+                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                if device.type == "cuda"
+                else None,
+            }
+            for name, peak in peaks.items():
+                row[f"mfu_vs_{name}"] = images_per_s * per_image / peak if peak else None
+            rows.append(row)
+            del loop  # before the next one is built: its memory is not that one's peak
+    return rows
+
+
+def _time_steps(loop: TrainLoop, steps: int, device: torch.device) -> dict:
+    """Seconds per `steps` optimiser steps, as `train` takes them."""
+    counter = itertools.count()
+
+    def run() -> None:
+        for _ in range(steps):
+            loop.run_step(next(counter))
+
+    return repeat(run, repeats=3, sync=_sync(device))
+
+
+def bench_sampling(sizes: dict, device: torch.device) -> list[dict]:
+    """ms per DDPM step, from the sampler itself over a short chain (a step costs the same at
+    any T: one network call, the posterior and the noise)."""
+    cfg = _config(sizes)
+    short = dataclasses.replace(cfg.diffusion, T=sizes["sample_steps"])
+    fresh = build(cfg.model, short, sizes["size"], device).model.state_dict()
+    rows = []
+    for compiled in (False, True):
+        nets = build(cfg.model, short, sizes["size"], device, weights=fresh)
+        if compiled:
+            nets = compile_(nets, sizes["sample_batch"], "bf16", train=False)
+
+        def chain(nets=nets):
+            with autocast(device, "bf16"), torch.inference_mode():
+                ddpm_sample(
+                    nets.net,
+                    nets.diffusion,
+                    0,
+                    range(sizes["sample_batch"]),
+                    (3, sizes["size"], sizes["size"]),
+                    device=device,
+                )
+
+        timing = repeat(chain, repeats=3, sync=_sync(device))
+        ms = 1000 * timing["median_s"] / sizes["sample_steps"]
+        batches = math.ceil(10_000 / sizes["sample_batch"])
+        rows.append(
+            {
+                "compiled": nets.net is not nets.model,
+                "batch": sizes["sample_batch"],
+                "ms_per_step": ms,
+                "compile_s": nets.compile_s,
+                **{f"min_per_10k_T{T}": ms * T * batches / 60_000 for T in (1000, 350)},
+            }
+        )
+    return rows
+
+
+def bench_inception(sizes: dict, device: torch.device) -> dict:
+    images = torch.randint(
+        0, 256, (sizes["inception_images"], 3, 64, 64), dtype=torch.uint8
+    )  # upsampled to 299 px inside, as in evaluation
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "inception.pth"
+        make_test_inception(weights, calibration_images=8)
+        net = load_inception(weights, device)
+        timing = repeat(
+            lambda: extract_features(net, images, sizes["inception_batch"], device, progress=False),
+            repeats=3,
+            sync=_sync(device),
+        )
+    return {"images": len(images), "images_per_s": len(images) / timing["median_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    sizes = QUICK if args.quick else FULL
+    peaks = {
+        "spec": spec_peak(device),
+        "matmul": matmul_peak(device, 8192 if device.type == "cuda" else 512),
+    }
+    training = bench_training(sizes, device, peaks)
+    sampling = bench_sampling(sizes, device)
+    inception = bench_inception(sizes, device)
+    name = "bench_gpu_quick" if args.quick else "bench_gpu"
+    path = save(
+        name,
+        {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "sizes": sizes,
+            "peak_flops": peaks,
+            "training": training,
+            "sampling": sampling,
+            "inception": inception,
+        },
+        args.out,
+    )
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    print(f"training: {sizes['preset']}, {sizes['size']} px, batch {sizes['batch']}, bf16")
+    print(
+        table(
+            [
+                [
+                    "compiled" if r["compiled"] else "eager",
+                    r["layout"],
+                    f"{r['images_per_s']:,.0f}",
+                    pct(r["mfu_vs_spec"]),
+                    pct(r["mfu_vs_matmul"]),
+                    "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
+                    "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}",
+                ]
+                for r in training
+            ],
+            ["mode", "layout", "img/s", "MFU spec", "MFU matmul", "peak GiB", "compile s"],
+        )
+    )
+    print(f"\nsampling: DDPM, batch {sizes['sample_batch']}, bf16")
+    print(
+        table(
+            [
+                [
+                    "compiled" if r["compiled"] else "eager",
+                    f"{r['ms_per_step']:.1f}",
+                    f"{r['min_per_10k_T1000']:.0f}",
+                    f"{r['min_per_10k_T350']:.0f}",
+                ]
+                for r in sampling
+            ],
+            ["mode", "ms/step", "min/10k T=1000", "min/10k T=350"],
+        )
+    )
+    print(f"\nInception (299 px): {inception['images_per_s']:,.0f} images/s")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
