@@ -37,6 +37,10 @@ class Networks:
     compile_s: float | None = None  # compiling and the first run on real shapes; None: eager
     compile_error: str | None = None  # why compiling failed (the run goes on uncompiled)
 
+    @property
+    def compiled(self) -> bool:
+        return self.net is not self.model
+
 
 def wants_compile(setting: bool | str, device: torch.device) -> bool:
     """`auto`: compile on CUDA only."""

@@ -322,7 +322,7 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
         "elapsed_s": elapsed,
         "images_per_s": sc.num_images / elapsed,
         "device": str(device),
-        "compiled": nets.net is not nets.model,
+        "compiled": nets.compiled,
         "compile_s": nets.compile_s,
         "compile_error": nets.compile_error,
         "trajectory_t": [t for t, _ in traj],

@@ -513,7 +513,7 @@ def train(
         "images_per_s": sum(r["images_per_s"] for r in measured) / len(measured)
         if measured
         else None,
-        "compiled": loop.nets.net is not loop.model,
+        "compiled": loop.nets.compiled,
         "compile_s": loop.nets.compile_s,
         "compile_error": loop.nets.compile_error,
         "parameters": count_parameters(loop.model),
