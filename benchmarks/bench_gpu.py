@@ -1,5 +1,7 @@
-"""GPU speed in one run (`make bench-gpu`; about 6 minutes on one H100 or H200, estimated from
-the compile and step times in issue 13): what a sweep's GPU-hours are made of.
+"""GPU speed in one run (`make bench-gpu`). Its run time on an H100 or H200, estimated from the
+rates in issue 13: 4 training cases of 80 steps x 128 images at 552-1,157 images/s = 52 s, 80
+sampling steps at 122-321 ms = 18 s, Inception 2 s, so about 1.2 minutes of timed work, plus
+three torch.compile runs (two training layouts, one sampler), not yet measured for this network.
 
 1. Training: the shipped step, `TrainLoop.run_step` (the function `ddpm train` calls, not a
    copy), for the `base` preset at 64 px, batch 128, bf16: eager and torch.compile, NCHW and
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, repeat, save, table  # noqa: E402
+from common import RESULTS, flops_per_image, matmul_flops, rate, repeat, save, sync_of, table  # noqa: E402
 
 from ddpm.config import config_from_dict  # noqa: E402
 from ddpm.devices import autocast  # noqa: E402
@@ -60,18 +62,6 @@ def spec_peak(device: torch.device) -> float | None:
     return next((peak for key, peak in SPEC_BF16.items() if key in name), None)
 
 
-def matmul_peak(device: torch.device, n: int) -> float:
-    """bf16 FLOP/s of an n x n x n matmul (fp32 on CPU, where bf16 is emulated)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    timing = repeat(lambda: a @ b, repeats=5, sync=_sync(device))
-    return 2 * n**3 / timing["median_s"]
-
-
-def _sync(device: torch.device):
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-
-
 def _config(sizes: dict, **train):
     return config_from_dict(
         {
@@ -82,23 +72,14 @@ def _config(sizes: dict, **train):
     )
 
 
-def flops_per_image(cfg, device: torch.device) -> float:
-    """Forward + backward FLOPs of one image, by torch's FLOP counter (batch of 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build(cfg.model, cfg.diffusion, cfg.data.image_size, device).model
-    x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
-    t = torch.randint(0, cfg.diffusion.T, (2,), device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t).float().square().mean().backward()
-    return counter.get_total_flops() / 2
-
-
 def bench_training(sizes: dict, device: torch.device, peaks: dict) -> list[dict]:
     rows = []
     data = torch.randint(0, 256, (1024, 3, sizes["size"], sizes["size"]), dtype=torch.uint8)
     data = data.to(device)
-    per_image = flops_per_image(_config(sizes), device)
+    cfg = _config(sizes)
+    model = build(cfg.model, cfg.diffusion, sizes["size"], device).model
+    per_image = flops_per_image(model, lambda m, x, t: m(x, t), sizes["size"], device)
+    del model
     for compiled in (False, True):
         for layout, memory_format in LAYOUTS.items():
             cfg = _config(sizes, compile=compiled)
@@ -106,14 +87,13 @@ def bench_training(sizes: dict, device: torch.device, peaks: dict) -> list[dict]
                 torch.cuda.reset_peak_memory_stats(device)
             loop = TrainLoop(cfg, data, device, memory_format=memory_format)
             timing = _time_steps(loop, sizes["steps"], device)
-            images_per_s = sizes["steps"] * sizes["batch"] / timing["median_s"]
+            images = rate(timing, sizes["steps"] * sizes["batch"])
+            images_per_s = images["per_s"]
             row = {
                 "compiled": loop.nets.compiled,
                 "layout": layout,
                 "images_per_s": images_per_s,
-                "images_per_s_range": [
-                    sizes["steps"] * sizes["batch"] / timing[k] for k in ("max_s", "min_s")
-                ],
+                "images_per_s_range": [images["per_s_min"], images["per_s_max"]],
                 "flops_per_image": per_image,
                 "compile_s": loop.nets.compile_s,
                 "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
@@ -135,7 +115,7 @@ def _time_steps(loop: TrainLoop, steps: int, device: torch.device) -> dict:
         for _ in range(steps):
             loop.run_step(next(counter))
 
-    return repeat(run, repeats=3, sync=_sync(device))
+    return repeat(run, repeats=3, sync=sync_of(device))
 
 
 def bench_sampling(sizes: dict, device: torch.device) -> list[dict]:
@@ -161,7 +141,7 @@ def bench_sampling(sizes: dict, device: torch.device) -> list[dict]:
                     device=device,
                 )
 
-        timing = repeat(chain, repeats=3, sync=_sync(device))
+        timing = repeat(chain, repeats=3, sync=sync_of(device))
         ms = 1000 * timing["median_s"] / sizes["sample_steps"]
         batches = math.ceil(10_000 / sizes["sample_batch"])
         rows.append(
@@ -187,7 +167,7 @@ def bench_inception(sizes: dict, device: torch.device) -> dict:
         timing = repeat(
             lambda: extract_features(net, images, sizes["inception_batch"], device, progress=False),
             repeats=3,
-            sync=_sync(device),
+            sync=sync_of(device),
         )
     return {"images": len(images), "images_per_s": len(images) / timing["median_s"]}
 
@@ -204,9 +184,10 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     sizes = QUICK if args.quick else FULL
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPUs emulate bf16
     peaks = {
         "spec": spec_peak(device),
-        "matmul": matmul_peak(device, 8192 if device.type == "cuda" else 512),
+        "matmul": matmul_flops(device, dtype, 8192 if device.type == "cuda" else 512),
     }
     training = bench_training(sizes, device, peaks)
     sampling = bench_sampling(sizes, device)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import rate, repeat, save, table  # noqa: E402
+from common import flops_per_image, matmul_flops, rate, repeat, save, table  # noqa: E402
 
 from ddpm.config import ModelConfig  # noqa: E402
 from ddpm.unet import build_unet, count_parameters  # noqa: E402
@@ -53,17 +53,6 @@ def peers(size: int) -> dict:
     return out
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
-    n = 4096 if device.type == "cuda" else 2048
-    a, b = (
-        torch.randn(n, n, device=device, dtype=dtype),
-        torch.randn(n, n, device=device, dtype=dtype),
-    )
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    timing = repeat(lambda: a @ b, repeats=5, sync=sync)
-    return 2 * n**3 / timing["median_s"]
-
-
 def step_fn(model, call, batch: int, size: int, device, bf16: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randn(batch, 3, size, size, device=device)
@@ -78,17 +67,6 @@ def step_fn(model, call, batch: int, size: int, device, bf16: bool):
         opt.step()
 
     return step
-
-
-def flops_per_image(model, call, size: int, device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(2, 3, size, size, device=device)
-    t = torch.rand(2, device=device)
-    with FlopCounterMode(display=False) as counter:
-        call(model, x, t).float().pow(2).mean().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
 
 
 def main() -> None:
@@ -106,7 +84,8 @@ def main() -> None:
     modes = (
         [("bf16", False), ("bf16+compile", True)] if device.type == "cuda" else [("fp32", False)]
     )
-    peak = matmul_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_flops(device, dtype, 4096 if device.type == "cuda" else 2048)
 
     models = {
         f"ddpm {p}": (build_unet(ModelConfig(preset=p), args.size), lambda m, x, t: m(x, t))

@@ -61,6 +61,36 @@ def repeat(
     }
 
 
+def sync_of(device):
+    """What makes a timing wait for the device's queued work (None on the CPU)."""
+    import torch
+
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def matmul_flops(device, dtype, n: int) -> float:
+    """FLOP/s of an n x n x n matmul in `dtype`: the peak a model's FLOP/s is compared with."""
+    import torch
+
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    timing = repeat(lambda: a @ b, repeats=5, sync=sync_of(device))
+    return 2 * n**3 / timing["median_s"]
+
+
+def flops_per_image(model, call, size: int, device) -> float:
+    """Forward + backward FLOPs of one image (torch's FLOP counter, on a batch of 2);
+    `call(model, x, t)` runs the network."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, size, size, device=device)
+    t = torch.rand(2, device=device)
+    with FlopCounterMode(display=False) as counter:
+        call(model, x, t).float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
 def rate(timing: dict, items: int) -> dict:
     """items/s at the median, with the spread from the fastest and slowest repeat."""
     return {
