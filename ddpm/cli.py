@@ -7,11 +7,11 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from ddpm.errors import PipelineError
+from ddpm.files import atomic_write_bytes
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:
@@ -31,52 +31,41 @@ def _config(args):
 
 
 def _job(args, stage_name: str):
-    """The config a stage command runs with, and its settings document.
+    """The config a stage command runs with and its settings document (`stages.load_job`)."""
+    from ddpm.stages import load_job
 
-    From `--settings FILE` (what the pipeline passes: the settings the job was fingerprinted
-    with), or from `--config FILE [--run ID]` by hand, computed the same way. Tuning settings
-    (which cannot change a result) come from `--tune KEY=VALUE`, `--tune-from CONFIG`, or the
-    `--config` itself."""
-    from ddpm import stages
-    from ddpm.config import load_config
-
-    if bool(args.settings) == bool(args.config):
-        raise PipelineError(
-            "give either --settings FILE (as the pipeline does) or --config FILE [--run ID]"
-        )
-    stage = stages.get_stage(stage_name)
-    if args.settings:
-        if args.set or args.run:
-            raise PipelineError("--set and --run go with --config, not with --settings")
-        document = stages.read_settings(args.settings, stage)
-        tuning = stages.tuning_of(stage, load_config(args.tune_from)) if args.tune_from else {}
-    else:
-        cfg = _config(args)
-        _, document = stages.prepare(stage_name, cfg, args.run)
-        tuning = stages.tuning_of(stage, cfg)
+    tune = {}
     for item in args.tune:
-        tuning.update(_parse_set(item.split(","), "--tune"))
-    return stages.job_config(stage, document["settings"], tuning), document
+        tune.update(_parse_set(item.split(","), "--tune"))
+    return load_job(
+        stage_name,
+        settings=args.settings,
+        config=args.config,
+        run=args.run,
+        overrides=_parse_set(args.set),
+        tune=tune,
+        tune_from=args.tune_from,
+    )
 
 
 # -- commands ----------------------------------------------------------------------------------
 
 
 def cmd_schema(args) -> None:
-    from ddpm.config import schema_yaml
+    from ddpm.docs import schema_yaml
 
     _write_or_print(schema_yaml(), args.out)
 
 
 def cmd_config_docs(args) -> None:
-    from ddpm.config import config_reference_markdown
+    from ddpm.docs import config_reference_markdown
 
     _write_or_print(config_reference_markdown(), args.out)
 
 
 def _write_or_print(text: str, out: str | None) -> None:
     if out:
-        Path(out).write_text(text)
+        atomic_write_bytes(out, text.encode())
     else:
         sys.stdout.write(text)
 
@@ -165,7 +154,7 @@ def cmd_sample(args) -> None:
 
     cfg, document = _job(args, "sample")
     variant = document["instance"] or "default"
-    summary = generate(cfg, variant, args.ckpt, args.out)
+    summary = generate(cfg, variant, args.ckpt, args.out, network=document.get("network"))
     print(
         f"{variant}: {summary['num_images']} images at {summary['images_per_s']:.1f} images/s "
         f"({summary['nfe_per_image']} network evaluations each); wrote {args.out}"
@@ -220,8 +209,9 @@ def cmd_reference_stats(args) -> None:
 def cmd_evaluate(args) -> None:
     from ddpm.metrics import evaluate
 
-    ec = _job(args, "evaluate")[0].evaluate
-    m = evaluate(ec, args.samples, args.reference, args.weights, args.out)
+    cfg, document = _job(args, "evaluate")
+    variant = document["instance"] or None
+    m = evaluate(cfg.evaluate, args.samples, args.reference, args.weights, args.out, variant)
     is_spread = "" if m["is_std"] is None else f" +- {m['is_std']:.3f}"
     print(
         f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}, "
@@ -419,10 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure a user can meet ends in one `error:` line and an exit
+    code: 2 for a mistake in the input, 1 for a refusal of the operating system (the path and
+    the cause named), 128 + N for signal N (130: Ctrl-C). Files being written are removed."""
+    from ddpm.files import describe_os_error
+
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command].run(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except OSError as e:
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"error: {args.command} interrupted (Ctrl-C); nothing half-written was kept. Run the "
+            "same command again to redo it.",
+            file=sys.stderr,
+        )
+        return 130
     return 0

@@ -1,8 +1,10 @@
 """The typed configuration: the only code that reads the YAML config.
 
 `load_config(path)` returns a frozen `Config`; every key is declared once below with its type,
-default, allowed range and a one-line doc. The JSON schema in `workflow/schemas/` is generated
-from these declarations (`python -m ddpm schema`), so the two cannot drift apart.
+default, allowed range, a one-line doc and its effect: whether changing it changes results (and
+training must start over), changes results while a checkpoint stays valid (`resumable`), only
+changes how fast results are made (`tuning`), or only where files live (`location`). The JSON
+schema and config/README.md are generated from these declarations (`ddpm.docs`).
 
 The experiment grid (`grid:`) maps config keys to lists of values; `expand_grid` turns it into
 runs with stable ids such as `T~1000_schedule~cosine`, each with its fully resolved config.
@@ -11,9 +13,12 @@ runs with stable ids such as `T~1000_schedule~cosine`, each with its fully resol
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 import types
 import typing
@@ -24,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from ddpm.errors import PipelineError
+from ddpm.presets import PRESETS
 from ddpm.schedules import RENAMED, SCHEDULES
 
 
@@ -31,10 +37,30 @@ class ConfigError(PipelineError, ValueError):
     """A user's mistake in the config: the message names the dotted key, the value and the fix."""
 
 
-def setting(default: Any, doc: str, *, ge=None, gt=None, le=None, lt=None) -> Any:
-    """Declare a config key: its default, a one-line doc and (for numbers) its allowed range."""
+# What changing a setting does; each setting declares one (see `setting`).
+Effect = Literal["result", "resumable", "tuning", "location"]
+EFFECTS: dict[str, str] = {
+    "result": "changes results: the stages that read it rerun from scratch",
+    "resumable": "changes results, but a training checkpoint stays valid: training resumes",
+    "tuning": "changes only how fast results are made: nothing reruns",
+    "location": "says where files live: the stages whose files move rerun",
+}
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    ge=None,
+    gt=None,
+    le=None,
+    lt=None,
+    effect: Effect = "result",
+) -> Any:
+    """Declare a config key: its default, a one-line doc, (for numbers) its allowed range, and
+    what changing it does (`EFFECTS`)."""
     bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt}
-    meta = {"doc": doc, **{k: v for k, v in bounds.items() if v is not None}}
+    meta = {"doc": doc, "effect": effect, **{k: v for k, v in bounds.items() if v is not None}}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,12 +107,14 @@ class DataConfig:
     folder: str | None = setting(None, "image folder, searched recursively (source: folder)")
     synthetic_count: int = setting(4096, "number of images (source: synthetic)", ge=1)
     synthetic_seed: int = setting(0, "seed of the synthetic dataset (source: synthetic)", ge=0)
-    workers: int = setting(0, "preprocessing processes; 0 means one per CPU core", ge=0)
+    workers: int = setting(
+        0, "preprocessing processes; 0 means one per CPU core", ge=0, effect="tuning"
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    preset: Literal["tiny", "ddpm", "base"] = setting(
+    preset: Literal[tuple(PRESETS)] = setting(  # type: ignore[valid-type]
         "base",
         "U-Net size: tiny (1.1M, CPU demos), ddpm (38.3M, the DDPM paper's layout), base (59.8M)",
     )
@@ -125,24 +153,35 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    device: Device = setting("auto", "auto = CUDA when present, else CPU")
+    device: Device = setting("auto", "auto = CUDA when present, else CPU", effect="resumable")
     precision: Precision = setting("bf16", "autocast precision on CUDA (CPU always trains in fp32)")
-    compile: Compile = setting("auto", "torch.compile the network; auto = on CUDA only")
+    compile: Compile = setting(
+        "auto", "torch.compile the network; auto = on CUDA only", effect="resumable"
+    )
     batch_size: int = setting(128, "images per optimiser step", ge=1)
     lr: float = setting(2.0e-4, "peak AdamW learning rate", gt=0.0, lt=1.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0.0)
     warmup_steps: int = setting(1000, "linear learning-rate warmup", ge=0)
     grad_clip: float = setting(1.0, "max global gradient norm; 0 disables clipping", ge=0.0)
-    steps: int = setting(50_000, "optimiser steps (ignored when epochs is set)", ge=1)
-    epochs: float | None = setting(
-        None, "train this many passes over the data instead of steps", gt=0.0
+    steps: int = setting(
+        50_000, "optimiser steps (ignored when epochs is set)", ge=1, effect="resumable"
     )
-    max_minutes: float | None = setting(None, "stop (and checkpoint) after this wall time", gt=0.0)
+    epochs: float | None = setting(
+        None,
+        "train this many passes over the data instead of steps",
+        gt=0.0,
+        effect="resumable",
+    )
+    max_minutes: float | None = setting(
+        None, "stop (and checkpoint) after this wall time", gt=0.0, effect="resumable"
+    )
     ema_decay: float = setting(0.9999, "EMA decay of the weights used for sampling", ge=0.0, lt=1.0)
     ema_warmup: bool = setting(True, "ramp the EMA decay up as (1 + n) / (10 + n)")
-    checkpoint_every: int = setting(2000, "steps between checkpoints", ge=1)
-    log_every: int = setting(100, "steps between rows of train_log.csv", ge=1)
-    preview_every: int = setting(5000, "steps between preview grids; 0 disables them", ge=0)
+    checkpoint_every: int = setting(2000, "steps between checkpoints", ge=1, effect="resumable")
+    log_every: int = setting(100, "steps between rows of train_log.csv", ge=1, effect="resumable")
+    preview_every: int = setting(
+        5000, "steps between preview grids; 0 disables them", ge=0, effect="resumable"
+    )
     seed: int = setting(0, "seed of batches, flips, timesteps and noise", ge=0)
     hflip: bool = setting(True, "random horizontal flips")
 
@@ -157,7 +196,7 @@ class SampleConfig:
     )
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at each step")
     num_images: int = setting(10_000, "images to sample for evaluation", ge=1)
-    batch_size: int = setting(256, "images per network call", ge=1)
+    batch_size: int = setting(256, "images per network call", ge=1, effect="tuning")
     seed: int = setting(0, "sample i depends only on (seed, i)", ge=0)
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     precision: Precision = setting("bf16", "autocast precision on CUDA")
@@ -169,7 +208,9 @@ class SampleConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     inception_weights: str = setting(
-        "results/weights/inception-2015-12-05.pth", "FID Inception weights file (torch-fidelity's)"
+        "results/weights/inception-2015-12-05.pth",
+        "FID Inception weights file (torch-fidelity's)",
+        effect="location",
     )
     inception_source: Literal["download", "synthetic", "test"] = setting(
         "download",
@@ -181,7 +222,7 @@ class EvaluateConfig:
     weights_sha256_prefix: str = setting(
         "6726825d", "leading hex digits of the weights' sha256 (torch hub convention)"
     )
-    batch_size: int = setting(64, "images per Inception forward pass", ge=1)
+    batch_size: int = setting(64, "images per Inception forward pass", ge=1, effect="tuning")
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     kid_subset_size: int = setting(1000, "KID subset size (capped at the number of images)", ge=2)
     kid_subsets: int = setting(100, "KID subsets averaged", ge=1)
@@ -215,7 +256,7 @@ GridValue = Scalar | dict[str, Scalar | None]
 
 @dataclass(frozen=True)
 class Config:
-    results_dir: str = setting("results", "where the pipeline writes everything")
+    results_dir: str = setting("results", "where the pipeline writes everything", effect="location")
     grid: dict[str, list[GridValue]] = setting({}, "experiment axes: config key -> list of values")
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "the dataset"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "the U-Net"})
@@ -243,21 +284,22 @@ class Run:
 # Building dataclasses from plain dicts, with errors that name the dotted key.
 
 
-def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
+@functools.cache
+def fields_of(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _describe(tp) -> str:
+def describe_type(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else describe_type(a) for a in args)
     if origin is tuple:
         item = args[0]
         if typing.get_origin(item) is Literal:
-            return "a list, each " + _describe(item)
+            return "a list, each " + describe_type(item)
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, "items")
     if origin in (dict, list):
         return "a mapping" if origin is dict else "a list"
@@ -270,7 +312,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
 
     def bad(extra: str = "") -> ConfigError:
-        return ConfigError(f"{key}: {value!r} is not {_describe(tp)}{extra}")
+        return ConfigError(f"{key}: {value!r} is not {describe_type(tp)}{extra}")
 
     if dataclasses.is_dataclass(tp):
         if value is None:
@@ -323,6 +365,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
             if isinstance(value, str):
                 hint = " (write floats with a decimal point, e.g. 1.0e-4: YAML reads 1e-4 as text)"
             raise bad(hint)
+        if not math.isfinite(value):  # .inf and .nan: no setting means anything by them
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -349,13 +393,13 @@ def _check_bounds(value: Any, meta: dict, key: str) -> None:
 
 
 def _build(cls, data: dict, prefix: str):
-    fields = _fields(cls)
+    fields = fields_of(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown key '{where}{unknown[0]}'; valid keys{' in ' + prefix if prefix else ''}: "
-            + ", ".join(fields)
+            f"unknown key '{where}{unknown[0]}'{_did_you_mean(str(unknown[0]), list(fields))}; "
+            f"valid keys{' in ' + prefix if prefix else ''}: " + ", ".join(fields)
         )
     kwargs = {}
     for name, (f, tp) in fields.items():
@@ -391,7 +435,7 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError("data.folder: must name a directory when data.source is 'folder'")
     if not cfg.data.splits:
         raise ConfigError("data.splits: name at least one of 'train', 'val', 'test'")
-    from ddpm.unet import resolve_unet_config  # local import: unet imports nothing from here
+    from ddpm.presets import resolve_unet_config
 
     try:
         resolve_unet_config(cfg.model, cfg.data.image_size)
@@ -430,16 +474,42 @@ class Unread:
 # Dotted keys, the grid, loading.
 
 
-def leaf_keys(cls=Config, prefix: str = "") -> list[str]:
+@functools.cache
+def leaf_keys(cls=Config, prefix: str = "") -> tuple[str, ...]:
     """Every setting's dotted key (`grid` excluded), in declaration order."""
-    keys = []
-    for name, (_, tp) in _fields(cls).items():
+    keys: list[str] = []
+    for name, (_, tp) in fields_of(cls).items():
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
             keys += leaf_keys(tp, key + ".")
         elif name != "grid":
             keys.append(key)
-    return keys
+    return tuple(keys)
+
+
+def declaration(key: str) -> dataclasses.Field:
+    """The field that declares a dotted setting (its default, doc, range and effect)."""
+    cls = Config
+    *parents, leaf = key.split(".")
+    for name in parents:
+        cls = fields_of(cls)[name][1]
+    return fields_of(cls)[leaf][0]
+
+
+def keys_with_effect(effect: Effect) -> tuple[str, ...]:
+    """The settings that declare `effect`, in declaration order."""
+    return tuple(k for k in leaf_keys() if declaration(k).metadata["effect"] == effect)
+
+
+# Derived from the declarations, for the code that decides what reruns and what may resume.
+TUNING = keys_with_effect("tuning")  # taken from the live config, never fingerprinted
+LOCATIONS = keys_with_effect("location")  # the paths themselves are the stages' inputs/outputs
+RESUMABLE = keys_with_effect("resumable")  # may differ between a checkpoint and its resume
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def resolve_key(key: str) -> str:
@@ -452,7 +522,9 @@ def resolve_key(key: str) -> str:
         return matches[0]
     if matches:
         raise ConfigError(f"key '{key}' is ambiguous; write one of: {', '.join(matches)}")
-    raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(leaves)}")
+    names = list(leaves) + sorted({k.rsplit(".", 1)[-1] for k in leaves})
+    suggestion = _did_you_mean(key, names)
+    raise ConfigError(f"unknown key '{key}'{suggestion or '; see config/README.md for every key'}")
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -518,7 +590,7 @@ def with_value(cfg, dotted: str, value: Any, prefix: str = ""):
     """A copy of a config with one setting replaced, validated like the YAML's values. Other
     settings are kept as they are (an `Unread` stays unread)."""
     head, _, rest = dotted.partition(".")
-    f, tp = _fields(type(cfg))[head]
+    f, tp = fields_of(type(cfg))[head]
     key = prefix + head
     if rest:
         return dataclasses.replace(
@@ -564,15 +636,59 @@ def config_from_dict(raw: dict | None, overrides: dict[str, Any] | None = None) 
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML would keep the
+    last silently: a second `train:` section replaced the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = lines.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key; the base class explains that one
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} is written twice in one "
+                    f"mapping (first on line {first}); YAML would silently keep the last one. "
+                    "Merge them into one."
+                )
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file's content: UTF-8, no key written twice; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as e:
+        raise ConfigError(f"{path}, {e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = e.problem or e.context or "invalid YAML"
+        hint = " (YAML indents with spaces, never tabs)" if "\\t" in problem else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}{hint}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a YAML config; `overrides` maps dotted keys to values."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = load_yaml(path)
     if raw is None:
         raise ConfigError(
             f"{path} is empty; write at least the settings that differ from the defaults (an "
@@ -633,164 +749,3 @@ def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(key)
     return keys
-
-
-# ---------------------------------------------------------------------------------------------
-# The JSON schema, generated from the declarations above.
-
-
-def _schema_of(tp, meta: dict) -> dict:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bounds = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
-    if dataclasses.is_dataclass(tp):
-        return json_schema(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [_schema_of(a, meta) for a in args if a is not type(None)]
-        if type(None) in args:
-            options.append({"type": "null"})
-        return options[0] if len(options) == 1 else {"anyOf": options}
-    if origin is Literal:
-        return {"enum": list(args)}
-    if origin is tuple:
-        return {"type": "array", "items": _schema_of(args[0], meta)}
-    if origin is dict:
-        return {"type": "object", "additionalProperties": _schema_of(args[1], {})}
-    if origin is list:
-        return {"type": "array", "minItems": 1, "items": _schema_of(args[0], {})}
-    out = {
-        int: {"type": "integer"},
-        float: {"type": "number"},
-        bool: {"type": "boolean"},
-        str: {"type": "string"},
-    }[tp]
-    out = dict(out)
-    if tp in (int, float):
-        out.update({bounds[k]: v for k, v in meta.items() if k in bounds})
-    return out
-
-
-def json_schema(cls=Config) -> dict:
-    """JSON schema (draft 2020-12) of a config dataclass, defaults included."""
-    props = {}
-    for name, (f, tp) in _fields(cls).items():
-        prop = _schema_of(tp, f.metadata)
-        if "doc" in f.metadata:
-            prop["description"] = f.metadata["doc"]
-        if dataclasses.is_dataclass(tp):
-            prop["default"] = {}  # so that validators that fill in defaults descend into it
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            prop["default"] = json.loads(json.dumps(default))
-        props[name] = prop
-    schema = {"type": "object", "additionalProperties": False, "properties": props}
-    if cls is Config:
-        schema = {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "description": "ddpm-pipeline configuration (generated by `python -m ddpm schema`)",
-            **schema,
-        }
-    return schema
-
-
-def schema_yaml() -> str:
-    header = "# Generated from ddpm/config.py by `python -m ddpm schema`; do not edit by hand.\n"
-    return header + yaml.safe_dump(json_schema(), sort_keys=False, width=100)
-
-
-# ---------------------------------------------------------------------------------------------
-# config/README.md, generated from the declarations above.
-
-CONFIG_README_INTRO = """# Configuration
-
-One YAML file drives the whole pipeline: `config/config.yaml` is the real experiment
-(Flowers-102, 64 px, T x schedule on a GPU) and `config/demo.yaml` the offline CPU demo. Keys
-left out take the defaults below. Snakemake merges `--configfile FILE` over
-`config/config.yaml`; `python -m ddpm <stage> --config FILE --set key=value` reads one file.
-
-Write floats with a decimal point and an exponent (`1.0e-4`): YAML reads `1e-4` as text, and
-the config then fails with a message that says so.
-
-## The grid
-
-`grid` maps config keys to lists of values; every combination is one run. A key is a dotted
-path (`diffusion.schedule`) or a leaf name that is unique (`T`, `schedule`, `objective`). Each
-run's config is the shared config with its grid values applied, and is validated before
-anything runs.
-
-An axis that training reads (a `model`, `diffusion` or `train` key) makes *networks*; an axis
-that only sampling or evaluation reads (`sample.method`, `sample.steps`, `sample.eta`, ...) makes
-*sampler variants* that reuse the trained networks, so it never trains anything new:
-
-```yaml
-grid:
-  T: [350, 1000]              # networks: runs/T~350_schedule~linear/, ...
-  schedule: [linear, cosine]
-  sample.steps: [50, 250]     # variants: runs/T~350_schedule~linear/sample.steps~50/, ...
-sample:
-  method: ddim
-```
-
-Settings that must vary together make a *bundle* axis: a name that is not a setting, with a list
-of mappings. Full DDPM sampling beside DDIM at a few step counts, for example:
-
-```yaml
-grid:
-  sampler:                    # variants: .../sampler~ddpm/, .../sampler~ddim-50/, ...
-    - {method: ddpm}
-    - {method: ddim, sample.steps: 50}
-    - {method: ddim, sample.steps: 250}
-```
-
-A bundle's id joins its values with `-`; all its settings must be read by training, or all only
-by sampling and evaluation.
-
-Ids join `key~value` pairs with `_`; with no axis of a kind the id is `default`. Settings that
-one stage computes for every run (`data.*`, the reference statistics' `evaluate.*`) and
-settings that cannot change a result cannot be axes; the error says which.
-
-## What reruns when a key changes
-
-Each stage reads a fixed set of keys (`ddpm/stages.py`); changing a key reruns exactly the
-stages that read it and what depends on their outputs, under Snakemake and DVC alike. These
-keys change only how fast a result is made, never the result, so changing them reruns
-nothing: {tuning}.
-
-## Every key
-
-This section is generated from `ddpm/config.py` by `python -m ddpm config-docs`.
-"""
-
-
-def _type_name(tp) -> str:
-    return _describe(tp).replace("one of ", "")
-
-
-def config_reference_markdown() -> str:
-    """config/README.md: an introduction and one table per section, from the declarations."""
-    from ddpm.stages import TUNING  # local import: stages imports this module
-
-    lines = [CONFIG_README_INTRO.replace("{tuning}", ", ".join(f"`{k}`" for k in TUNING))]
-    sections = [("", Config)] + [
-        (name, tp) for name, (_, tp) in _fields(Config).items() if dataclasses.is_dataclass(tp)
-    ]
-    for name, cls in sections:
-        lines += [
-            f"### `{name}`" if name else "### top level",
-            "",
-            "| key | default | allowed | what it does |",
-            "| --- | --- | --- | --- |",
-        ]
-        for fname, (f, tp) in _fields(cls).items():
-            if dataclasses.is_dataclass(tp):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            allowed = _type_name(tp)
-            bounds = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-            ranges = [f"{sym} {f.metadata[k]}" for k, sym in bounds.items() if k in f.metadata]
-            if ranges:
-                allowed += f", {' and '.join(ranges)}"
-            shown = json.dumps(default) if not isinstance(default, str) else default
-            key = f"{name}.{fname}" if name else fname
-            lines.append(f"| `{key}` | `{shown}` | {allowed} | {f.metadata['doc']} |")
-        lines.append("")
-    return "\n".join(lines)

@@ -7,12 +7,14 @@ and the sha256 of the tensor file. Reading it back is `ddpm.dataset`'s job.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tarfile
 import time
 import urllib.error
@@ -28,8 +30,18 @@ from PIL import ExifTags, Image
 from tqdm.auto import tqdm
 
 from ddpm import __version__
-from ddpm.dataset import DataError, manifest_path
-from ddpm.files import atomic_path, atomic_write_json, file_digest
+from ddpm.dataset import DataError
+from ddpm.files import (
+    FileSystemError,
+    atomic_path,
+    atomic_write_json,
+    check_output_dir,
+    check_output_file,
+    fault,
+    file_digest,
+    free_bytes,
+)
+from ddpm.layout import manifest_path
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
@@ -53,7 +65,7 @@ def _fetch(url: str, dest: Path, expected_md5: str, progress: bool) -> None:
             total = int(total) if total else None
             done = 0
             with (
-                open(part, "wb") as f,
+                _local(dest, open, part, "wb") as f,
                 tqdm(
                     total=total,
                     unit="B",
@@ -64,8 +76,8 @@ def _fetch(url: str, dest: Path, expected_md5: str, progress: bool) -> None:
                     leave=False,
                 ) as bar,
             ):
-                while block := response.read(1 << 20):
-                    f.write(block)
+                while block := response.read(1 << 20):  # a network error here is retried
+                    _local(dest, f.write, block)
                     md5.update(block)
                     done += len(block)
                     bar.update(len(block))
@@ -77,9 +89,18 @@ def _fetch(url: str, dest: Path, expected_md5: str, progress: bool) -> None:
                 f"checksum mismatch for {dest.name} from {url}: expected md5 {expected_md5}, "
                 f"got {actual}; the file was removed. Check data.base_url and data.md5."
             )
-        os.replace(part, dest)
+        _local(dest, os.replace, part, dest)
     finally:
         part.unlink(missing_ok=True)
+
+
+def _local(dest: Path, call, *args):
+    """A call on the local disk during a download: its OSError (a full disk, a read-only folder)
+    becomes an error naming `dest`, never a network error to retry."""
+    try:
+        return call(*args)
+    except OSError as e:
+        raise fault(e, dest) from None
 
 
 def download(
@@ -96,8 +117,7 @@ def download(
     `retries` times with exponential backoff. The archive is then extracted safely. Returns the
     md5 of each file.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir)
     for name, expected in data_cfg.md5.items():
         dest = out_dir / name
         if dest.exists():
@@ -139,18 +159,23 @@ def safe_extract(archive: Path, out_dir: Path) -> None:
         return
     tmp = out_dir / f".{archive.name}.extracting"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         for m in members:
             p = PurePosixPath(m.name)
             if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-                shutil.rmtree(tmp, ignore_errors=True)
                 raise DataError(
                     f"{archive}: refusing to extract unsafe member {m.name!r} "
                     "(absolute path, '..', link or device); the archive is not trustworthy"
                 )
-        tar.extractall(tmp, members=members, filter="data")
+        try:
+            tmp.mkdir()
+            tar.extractall(tmp, members=members, filter="data")
+        except BaseException as e:  # nothing half-extracted stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise fault(e, out_dir, "cannot extract into") from None
+            raise
     for top in tmp.iterdir():
         target = out_dir / top.name
         if target.is_dir():
@@ -316,8 +341,10 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _decode_range(out, paths, size, resample, claim, errors, done) -> None:
+def _decode_range(out, paths, size, resample, claim, errors, done, worker=False) -> None:
     """Decode the images whose indices `claim()` hands out into out[i] (3 x S x S)."""
+    if worker:  # Ctrl-C reaches the whole process group: the parent alone answers it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     while (span := claim()) is not None:
         for i in span:
             try:
@@ -368,7 +395,16 @@ def _decode_into(
     procs = [
         ctx.Process(
             target=_decode_range,
-            args=(out, paths, size, resample, claim, lambda i, e: failures.put((i, e)), count),
+            args=(
+                out,
+                paths,
+                size,
+                resample,
+                claim,
+                lambda i, e: failures.put((i, e)),
+                count,
+                True,
+            ),
             daemon=True,
         )
         for _ in range(workers)
@@ -512,6 +548,26 @@ def _save_dataset(images: np.ndarray, out_file: Path, manifest: dict) -> dict:
     return manifest
 
 
+def _reserve(tmp: Path, out_file: Path) -> None:
+    """Allocate the whole of a file that is written through a memory map. A mapping of a sparse
+    file that the disk cannot back kills the process with SIGBUS, no message and the temporary
+    left behind; reserving the blocks first turns a full disk into an error that says so."""
+    size = tmp.stat().st_size
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = free_bytes(tmp.parent)
+        raise FileSystemError(
+            f"cannot write {out_file}: it needs {size / 1e6:,.1f} MB and {tmp.parent} has "
+            f"{free / 1e6:,.1f} MB free [{errno.errorcode[e.errno]}]"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def preprocess(
     data_cfg, out_file: str | Path, raw_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
@@ -520,7 +576,7 @@ def preprocess(
     Returns the manifest. A corrupt image raises `DataError` naming the file, unless
     `data_cfg.skip_corrupt`, in which case it is skipped and listed in the manifest.
     """
-    out_file = Path(out_file)
+    out_file = check_output_file(out_file)
     size = data_cfg.image_size
     base = {"source": data_cfg.source, "image_size": size}
     if data_cfg.source == "synthetic":
@@ -551,6 +607,7 @@ def preprocess(
     # holding and writing a second copy of the dataset.
     with atomic_path(out_file) as tmp:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp, out_file)
         errors = _decode_into(images, paths, data_cfg.resample, data_cfg.workers, progress)
         if errors and not data_cfg.skip_corrupt:
             i = min(errors)

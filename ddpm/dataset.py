@@ -14,14 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ddpm.errors import PipelineError
+from ddpm.layout import manifest_path
 
 
 class DataError(PipelineError):
     pass
-
-
-def manifest_path(tensor_path: str | Path) -> Path:
-    return Path(tensor_path).with_suffix(".json")
 
 
 def read_manifest(tensor_path: str | Path) -> dict:

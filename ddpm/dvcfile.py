@@ -28,6 +28,7 @@ from ddpm.stages import (
     fill,
     plan,
     quote,
+    settings_code,
     settings_path,
     table,
 )
@@ -39,8 +40,6 @@ HEADER = (
 )
 # Outputs that DVC shows as metrics (numbers only); every other output is a plain cached out.
 METRICS = {("evaluate", "metrics")}
-# The package files that decide how settings files are written, besides the stages' own code.
-SETTINGS_CODE = ("config.py", "stages.py", "dvcfile.py")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -103,7 +102,7 @@ def render(cfg: Config, config_path: str) -> str:
     the_plan = plan(cfg)
     stages = table(cfg)
     settings_dir = f"{cfg.results_dir}/settings"
-    code = sorted({c for s in stages.values() for c in s.code} | set(SETTINGS_CODE))
+    code = sorted({c for s in stages.values() for c in s.code} | set(settings_code()))
     entries: dict[str, dict] = {
         "settings": {
             "cmd": f"python -m ddpm settings --config {quote(config_path)} --dvc-yaml dvc.yaml "

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm.data import _PETAL_COLOURS, synthetic_flower
-from ddpm.files import atomic_write_json, load_torch, save_torch
+from ddpm.files import atomic_write_json, check_output_file, load_torch, save_torch
 
 KIND = "synthetic-features"
 EXTRACTOR = "ddpm.features.FlowerFeatures (trained on the synthetic flowers' attributes)"
@@ -114,6 +114,7 @@ def train_flower_features(
     """Train `FlowerFeatures` on `count` freshly drawn flowers (generator seed `seed` + 1000, so
     not the demo dataset's images) and save it like a weights file, with a sidecar `OUT.json`
     saying what it is. Returns the sidecar's contents plus the held-out accuracy."""
+    out = check_output_file(out)
     start = time.perf_counter()
     torch.manual_seed(seed)
     images, classes, values = flower_targets(seed + 1000, count + 512)
@@ -142,7 +143,6 @@ def train_flower_features(
         _, logits, predicted = net(images[held])
         accuracy = float((logits.argmax(1) == classes[held]).float().mean())
         error = float((predicted - targets[held]).square().mean())
-    out = Path(out)
     save_torch(out, {"kind": KIND, "width": width, "state_dict": net.state_dict()})
     sidecar = {
         "kind": KIND,

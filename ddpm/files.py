@@ -1,17 +1,91 @@
-"""File helpers shared by every stage: checksums, atomic writes, torch files with clear errors."""
+"""File helpers shared by every stage: checksums, atomic writes, torch files with clear errors,
+and the one place that turns the operating system's refusals into messages that name the path."""
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ddpm.errors import PipelineError
+
+
+class FileSystemError(PipelineError):
+    """The operating system refused to read or write a file (full disk, read-only folder, a file
+    where a folder should be, ...); the message names the path and the cause."""
+
+    exit_code = 1
+
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted (an immutable file or folder?)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "a file is in the way where a folder should be",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EIO: "input/output error (a failing disk or network file system)",
+}
+
+
+def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
+    """One line for an OSError: the path (`path`, else the one the error names) and the cause."""
+    where = path if path is not None else e.filename
+    cause = _CAUSES.get(e.errno, e.strerror or type(e).__name__)
+    code = f" [{errno.errorcode.get(e.errno, e.errno)}]" if e.errno else ""
+    return f"{where}: {cause}{code}" if where is not None else f"{cause}{code}"
+
+
+def fault(e: OSError, path: str | Path, doing: str = "cannot write") -> FileSystemError:
+    """A FileSystemError for `e`, naming `path` (the file the user knows, not a temporary)."""
+    return FileSystemError(f"{doing} {describe_os_error(e, path)}")
+
+
+def check_output_dir(folder: str | Path) -> Path:
+    """Make sure `folder` can be made (or exists) and takes new files, before a stage does
+    expensive work whose result would otherwise be lost at the end: a file in the way, a
+    read-only or full file system are refused now, naming the folder. Creates nothing."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        where = "" if existing == folder else f", so {folder} cannot be made"
+        raise FileSystemError(f"{existing} is a file{where}; give a folder for the outputs")
+    probe = existing / f".write-test.tmp{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)  # a block: an empty file fits on a full disk
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise fault(e, folder) from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return folder
+
+
+def check_output_file(path: str | Path) -> Path:
+    """`check_output_dir` for the folder of an output file, and no folder in the file's way."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileSystemError(f"{path} is a folder; give the path of a file to write")
+    check_output_dir(path.parent)
+    return path
+
+
+def free_bytes(folder: str | Path) -> int:
+    return shutil.disk_usage(folder).free
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
@@ -26,9 +100,15 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 2
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to. When the block succeeds, the file is
     synced to disk and renamed to `path`, so `path` appears complete or not at all; when it
-    fails (a full disk, an interrupt), the temporary file is removed."""
+    fails (a full disk, an interrupt), the temporary file is removed, and an OS error names
+    `path`, never the temporary. Temporaries of `path` that a killed process left are removed
+    first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+    except OSError as e:
+        raise fault(e, path) from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
@@ -38,21 +118,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise fault(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+_TEMPORARY = re.compile(r"^\.(.+)\.tmp(\d+)$")
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries that `atomic_path` left in `folder` because their process was
-    killed mid-write (`kill -9`): `.NAME.tmpPID` whose process no longer runs."""
+def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Delete the temporaries that `atomic_path` left in `folder` (of the file `name` only, if
+    given) because their process was killed mid-write (`kill -9`, SIGBUS): `.NAME.tmpPID` whose
+    process no longer runs."""
     removed = []
-    for tmp in Path(folder).iterdir():
+    for tmp in Path(folder).glob(f".{glob.escape(name)}.tmp*" if name else ".*.tmp*"):
         match = _TEMPORARY.match(tmp.name)
-        if match and not _running(int(match[1])):
+        if match and not _running(int(match[2])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -16,7 +16,6 @@ import json
 import tempfile
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +27,20 @@ from ddpm import features
 from ddpm.dataset import load_dataset, read_manifest
 from ddpm.devices import select_device
 from ddpm.errors import PipelineError
-from ddpm.files import atomic_write_bytes, atomic_write_json, file_digest, load_torch, save_torch
+from ddpm.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    check_output_file,
+    file_digest,
+    load_torch,
+    save_torch,
+)
+from ddpm.layout import METRIC_KEYS, VariantFiles, read_samples
 
 FEATURES = ["2048", "logits_unbiased"]
 EXTRACTOR = "torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat) via torchmetrics"
 RESIZE = "bilinear like TF1 (torchmetrics antialias=False)"
-METRICS = "metrics.json"  # numbers only: what `dvc metrics show` prints
-EVALUATION = "evaluation.json"  # how they were computed: notes, extractor, weights, timing
 
 
 class MetricsError(PipelineError):
@@ -87,7 +93,7 @@ def check_weights(path: str | Path, sha256_prefix: str) -> dict:
 def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
     """Download the FID Inception weights once, verify the sha256 prefix, write atomically,
     with a sidecar `OUT.json` saying where they came from (the pipeline tracks both files)."""
-    out = Path(out)
+    out = check_output_file(out)
     if not (out.exists() and file_digest(out).startswith(sha256_prefix)):
         try:
             with urllib.request.urlopen(url, timeout=120) as r:
@@ -266,15 +272,16 @@ def reference_stats(
 ) -> dict:
     """Real-image features of a dataset, once: skipped when `out` already matches the dataset
     and weights. Also stores the real-vs-real floor (FID and KID between two random halves)."""
-    out = Path(out)
+    out = check_output_file(out)
     info = check_weights(weights, eval_cfg.weights_sha256_prefix)
     manifest = read_manifest(data_path)
     if out.exists():
         cached = _load_reference(out)
         if (
-            cached["dataset_sha256"] == manifest["sha256"]
-            and cached["weights_sha256"] == info["sha256"]
-            and cached["max_images"] == eval_cfg.reference_max_images
+            cached.get("dataset_sha256") == manifest["sha256"]
+            and cached.get("weights_sha256") == info["sha256"]
+            and cached.get("max_images") == eval_cfg.reference_max_images
+            and "image_size" in cached
         ):
             print(f"{out} is up to date for this dataset and weights; nothing to do")
             return cached["meta"]
@@ -310,8 +317,11 @@ def reference_stats(
         out,
         {
             "pool": feats["pool"],
+            # the record that `evaluate` checks the samples against
             "dataset_sha256": manifest["sha256"],
+            "image_size": int(images.shape[-1]),
             "weights_sha256": info["sha256"],
+            "features": info["kind"],
             "max_images": eval_cfg.reference_max_images,
             "meta": meta,
         },
@@ -320,46 +330,46 @@ def reference_stats(
 
 
 def _load_reference(path: str | Path) -> dict:
-    return load_torch(
-        path,
-        MetricsError,
-        missing="run `python -m ddpm reference-stats` first",
-        damaged="Delete it and run `python -m ddpm reference-stats` again.",
+    again = "run `python -m ddpm reference-stats` again"
+    ref = load_torch(
+        path, MetricsError, missing="run `python -m ddpm reference-stats` first", damaged=again
     )
+    needed = {"pool", "dataset_sha256", "weights_sha256", "meta"}
+    if not isinstance(ref, dict) or not needed <= set(ref):
+        raise MetricsError(f"{path} is not a reference file of this version; {again}")
+    return ref
 
 
-def load_samples(path: str | Path) -> torch.Tensor:
-    """uint8 samples [N x 3 x H x W] from samples.npz, as `python -m ddpm sample` writes them.
-
-    Anything else is refused rather than guessed at: float images could be in [-1, 1], [0, 1]
-    or [0, 255], and a wrong guess gives a meaningless FID without any error."""
-    path = Path(path)
-    if not path.exists():
-        raise MetricsError(f"samples {path} not found; run `python -m ddpm sample` first")
-    try:
-        # Open the file ourselves: np.load leaves it open when the zip inside is damaged.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
-            if "images" not in f:
-                raise MetricsError(
-                    f"{path} has no `images` array (it holds: {', '.join(f.files) or 'nothing'}); "
-                    "write samples with `python -m ddpm sample`"
-                )
-            images = f["images"]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+def check_compatible(
+    samples: str | Path,
+    record: dict,
+    images,
+    reference: str | Path,
+    ref: dict,
+    expected_variant: str | None,
+) -> None:
+    """Refuse samples that cannot be compared with the reference: another image size or
+    dataset, or (by their record) another run than the job's."""
+    size, ref_size = images.shape[-1], ref.get("image_size")
+    if ref_size is not None and size != ref_size:
         raise MetricsError(
-            f"{path} is not a readable .npz file ({type(e).__name__}); sample again"
-        ) from None
-    if images.dtype != np.uint8:
-        raise MetricsError(
-            f"{path}: images are {images.dtype} (values {images.min():.4g}..{images.max():.4g}), "
-            "expected uint8 in 0..255; convert them yourself, e.g. from [-1, 1] with "
-            "((x.clip(-1, 1) + 1) * 127.5).round().astype('uint8')"
+            f"{samples} holds {size} px images but {reference} describes {ref_size} px ones; "
+            "FID across image sizes is meaningless. Sample the network trained on this "
+            "dataset, or compute the reference for the samples' dataset."
         )
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 2:
+    data = record.get("dataset_sha256")
+    if data is not None and data != ref["dataset_sha256"]:
         raise MetricsError(
-            f"{path}: expected images [N x 3 x H x W] with N >= 2, got {images.shape}"
+            f"{samples} comes from a network trained on another dataset (sha256 "
+            f"{data[:12]}...) than {reference} describes ({ref['dataset_sha256'][:12]}...); "
+            "compute the reference for that dataset, or sample a network trained on this one"
         )
-    return torch.from_numpy(images)
+    variant = record.get("network") and f"{record['network']}/{record.get('variant')}"
+    if expected_variant and variant and variant != expected_variant:
+        raise MetricsError(
+            f"{samples} holds the samples of {variant}, not of {expected_variant}; give that "
+            "variant's samples.npz"
+        )
 
 
 def evaluate(
@@ -368,11 +378,14 @@ def evaluate(
     reference: str | Path,
     weights: str | Path,
     out_dir: str | Path,
+    variant: str | None = None,
     progress: bool = True,
 ) -> dict:
     """FID, IS and KID of `samples` against the cached `reference`. Writes `metrics.json` (the
     numbers, for `dvc metrics show`) and `evaluation.json` (how they were computed) into
-    `out_dir`; returns both merged."""
+    `out_dir`; returns both merged. `variant` (network/variant) is the run the samples must be
+    of, where their record says."""
+    files = VariantFiles(check_output_dir(out_dir))
     info = check_weights(weights, eval_cfg.weights_sha256_prefix)
     ref = _load_reference(reference)
     if ref["weights_sha256"] != info["sha256"]:
@@ -380,7 +393,8 @@ def evaluate(
             f"{reference} was computed with other Inception weights than {weights}; "
             "run `python -m ddpm reference-stats` again with these weights"
         )
-    images = load_samples(samples)
+    images, record = read_samples(samples)
+    check_compatible(samples, record, images, reference, ref, variant)
     device = select_device(eval_cfg.device, exclusive=True)
     start = time.perf_counter()
     net = load_inception(weights, device)
@@ -435,9 +449,9 @@ def evaluate(
         "images_per_s": n / extract_s,
         "device": str(device),
     }
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / EVALUATION, evaluation)
-    atomic_write_json(out_dir / METRICS, metrics)
+    assert set(metrics) == set(METRIC_KEYS), "metrics.json's keys are declared in ddpm.layout"
+    atomic_write_json(files.evaluation, evaluation)
+    atomic_write_json(files.metrics, metrics)
     return {**metrics, **evaluation}
 
 
@@ -451,6 +465,7 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     smooth random images gives features that vary across images, so FID / KID / IS respond to
     the images. A sidecar `OUT.json` marks the file as test weights.
     """
+    out = check_output_file(out)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _Blank(FeatureExtractorInceptionV3):
@@ -478,7 +493,6 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     with torch.no_grad():
         net(images.to(torch.uint8))
     net.eval()
-    out = Path(out)
     save_torch(out, net.state_dict())
     atomic_write_json(
         out.with_name(out.name + ".json"),

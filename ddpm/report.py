@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -23,8 +22,17 @@ import torch
 
 from ddpm.config import Config, config_hash, to_dict
 from ddpm.diffusion import build_diffusion
-from ddpm.files import atomic_write_bytes
+from ddpm.files import atomic_write_bytes, check_output_file
 from ddpm.images import grid, png_bytes
+from ddpm.layout import (
+    METRIC_KEYS,
+    ArtefactError,
+    NetworkFiles,
+    VariantFiles,
+    read_json,
+    read_log,
+    read_samples,
+)
 from ddpm.schedules import terminal_stats
 from ddpm.stages import plan
 
@@ -48,18 +56,8 @@ COLUMNS = [
     "train_images_per_s",
     "final_loss",
 ]
-METRIC_KEYS = [
-    "fid",
-    "fid_std",
-    "is_mean",
-    "is_std",
-    "kid_mean",
-    "kid_std",
-    "n_generated",
-    "floor_fid",
-]
 EVALUATION_KEYS = ["fid_reliable", "test_weights", "features"]
-COLUMNS += METRIC_KEYS + EVALUATION_KEYS
+COLUMNS += list(METRIC_KEYS) + EVALUATION_KEYS
 FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts off-distribution
 # alpha_bar_T below this with eps-prediction: the x_0 estimate at t = T is the network's error
 # divided by sqrt(alpha_bar_T), and with beta_T ~ 1 the first step keeps it (saturated colours).
@@ -72,9 +70,10 @@ PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "
 
 
 def _read(path: Path) -> dict | None:
+    """A run's JSON file, or None while it is missing or unreadable (the row says so)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except ArtefactError:
         return None
 
 
@@ -84,13 +83,12 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
     grid has sampler variants."""
     the_plan = plan(cfg)
     rows = []
+    runs = Path(runs_dir)
     for variant in the_plan.variants:
-        net_dir = Path(runs_dir) / variant.network
-        var_dir = net_dir / variant.id
-        train = _read(net_dir / "train_summary.json")
-        sample, metrics, evaluation = (
-            _read(var_dir / n) for n in ("sample_summary.json", "metrics.json", "evaluation.json")
-        )
+        net = NetworkFiles(runs / variant.network)
+        var = VariantFiles(runs / variant.network / variant.id)
+        train = _read(net.summary)
+        sample, metrics, evaluation = _read(var.summary), _read(var.metrics), _read(var.evaluation)
         dc = variant.config.diffusion
         row = {
             **dict.fromkeys(COLUMNS),  # every column exists, None until a file provides it
@@ -140,6 +138,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
 
 
 def write_summary(cfg: Config, runs_dir: str | Path, out: str | Path) -> list[dict]:
+    check_output_file(out)
     rows = collect_runs(cfg, runs_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
@@ -175,14 +174,12 @@ def _smooth(values: np.ndarray, window: int = 5) -> np.ndarray:
 
 
 def _read_log(path: Path) -> dict[str, np.ndarray] | None:
+    """A network's training log as columns; None while it is missing, unreadable or empty."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
+        rows = read_log(path)
+    except ArtefactError:
         return None
-    if not rows:
-        return None
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else None
 
 
 def _plots(
@@ -195,7 +192,7 @@ def _plots(
 
     plots = {}
     networks = dict.fromkeys(r["network"] for r in rows)  # one loss curve per trained network
-    logs = {n: _read_log(runs_dir / n / "train_log.csv") for n in networks}
+    logs = {n: _read_log(NetworkFiles(runs_dir / n).log) for n in networks}
     logs = {k: v for k, v in logs.items() if v is not None}
     if logs:
         fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -384,10 +381,10 @@ def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
 
 
 def _samples(path: Path, n: int) -> torch.Tensor | None:
+    """The first `n` samples of a variant; None while they are missing or unreadable."""
     try:
-        with np.load(path) as f:
-            return torch.from_numpy(f["images"][:n])
-    except (OSError, KeyError, ValueError):
+        return read_samples(path, limit=n)[0]
+    except ArtefactError:
         return None
 
 
@@ -510,21 +507,22 @@ def build_report(
 
     from ddpm.dataset import load_dataset
 
+    check_output_file(out)
     runs_dir = Path(runs_dir)
     rc = cfg.report
     rows = collect_runs(cfg, runs_dir)
     train_images = load_dataset(data_path)[0] if data_path else None
     for row in rows:
-        d = runs_dir / row["network"] / row["variant"]
+        files = VariantFiles(runs_dir / row["network"] / row["variant"])
         row["far_from_noise"] = row["alpha_bar_T"] > FAR_FROM_NOISE
         row["eps_at_zero"] = row["objective"] == "eps" and row["alpha_bar_T"] < EPS_NEAR_ZERO
-        samples = _samples(d / "samples.npz", rc.grid_images)
+        samples = _samples(files.samples, rc.grid_images)
         row["grid"] = (
             data_uri(png_bytes(grid(samples, nrow=int(np.ceil(np.sqrt(len(samples))))), scale=2))
             if samples is not None
             else None
         )
-        traj = d / "trajectory.png"
+        traj = files.trajectory
         row["trajectory"] = data_uri(traj.read_bytes()) if traj.exists() else None
         row["memorisation"] = (
             _memorisation(samples, train_images, rc)

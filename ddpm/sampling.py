@@ -8,7 +8,6 @@ drawn on the host and copied over at each step.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +21,9 @@ from tqdm.auto import tqdm
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
 from ddpm.errors import PipelineError
-from ddpm.files import atomic_write_bytes, atomic_write_json, load_torch
+from ddpm.files import atomic_write_json, check_output_dir
 from ddpm.images import save_grid
+from ddpm.layout import VariantFiles, read_final, write_samples
 from ddpm.model import Networks, build, compile_, wants_compile
 
 # -- noise -----------------------------------------------------------------------------------
@@ -206,28 +206,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 GRID_IMAGES = 64  # samples in grid.png (the report draws its own grids from samples.npz)
 
 
-def load_final(path: str | Path) -> dict:
-    """A network's final.pt (EMA weights and the training settings), checked."""
-    state = load_torch(
-        path,
-        PipelineError,
-        missing="train the network first",
-        damaged="Train the network again (or restore final.pt, e.g. `dvc pull`).",
-    )
-    if not isinstance(state, dict) or not {"ema", "settings", "image_size", "step"} <= set(state):
-        raise PipelineError(
-            f"{path} is not a final.pt written by `python -m ddpm train` of this version; "
-            "train the network again"
-        )
-    return state
-
-
-def load_network(ckpt_path: str | Path, device: torch.device) -> tuple[Networks, dict]:
+def load_network(
+    ckpt_path: str | Path, device: torch.device, expected: dict | None = None
+) -> tuple[Networks, dict]:
     """The EMA network of `final.pt`, built from the training settings stored in it, with its
-    diffusion, and the file's contents. Sampling needs no training settings of its own."""
+    diffusion, and the file's contents (`expected`: see `layout.read_final`). Sampling needs no
+    training settings of its own."""
     from ddpm.stages import get_stage, job_config
 
-    state = load_final(ckpt_path)
+    state = read_final(ckpt_path, expected)
     train_cfg = job_config(get_stage("train"), state["settings"])
     nets = build(
         train_cfg.model, train_cfg.diffusion, state["image_size"], device, weights=state["ema"]
@@ -235,14 +222,23 @@ def load_network(ckpt_path: str | Path, device: torch.device) -> tuple[Networks,
     return nets, state
 
 
-def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> dict:
+def generate(
+    cfg,
+    variant: str,
+    ckpt_path,
+    out_dir,
+    network: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """The `sample` stage: EMA weights from `final.pt` -> samples.npz, grid.png, trajectory.png
-    and sample_summary.json in `out_dir`, with the `sample.*` settings of `cfg`. Returns the
+    and sample_summary.json in `out_dir`, with the `sample.*` settings of `cfg`. `network` (the
+    settings document's `id` and `settings_digest`) is what `final.pt` must be. Returns the
     summary."""
-    out_dir = Path(out_dir)
+    files = VariantFiles(check_output_dir(out_dir))
     sc = cfg.sample
+    expected = network and {"network": network["id"], "settings_digest": network["settings_digest"]}
     device = select_device(sc.device, exclusive=True)
-    nets, state = load_network(ckpt_path, device)
+    nets, state = load_network(ckpt_path, device, expected)
     if wants_compile(sc.compile, device):
         nets = compile_(nets, min(sc.batch_size, sc.num_images), sc.precision, train=False)
     model, diffusion = nets.net, nets.diffusion
@@ -303,12 +299,17 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
     # trajectory.png: one row per sample, columns from pure noise (left) to the sample (right).
     strip = torch.stack([to_uint8(x) for _, x in traj], dim=1)  # (n, points, 3, S, S)
 
-    buf = io.BytesIO()
-    np.savez_compressed(buf, images=images.numpy(), seed=sc.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / "samples.npz", buf.getvalue())
-    save_grid(images[:GRID_IMAGES], out_dir / "grid.png")
-    save_grid(strip.flatten(0, 1), out_dir / "trajectory.png", nrow=strip.shape[1])
+    record = {
+        "network": state["network"],
+        "variant": variant,
+        "dataset_sha256": state["dataset_sha256"],
+        "image_size": size,
+        "seed": sc.seed,
+        "train_step": state["step"],
+    }
+    write_samples(files.samples, images.numpy(), record)
+    save_grid(images[:GRID_IMAGES], files.grid)
+    save_grid(strip.flatten(0, 1), files.trajectory, nrow=strip.shape[1])
     summary = {
         "variant": variant,
         "network": state["network"],
@@ -328,5 +329,5 @@ def generate(cfg, variant: str, ckpt_path, out_dir, progress: bool = True) -> di
         "trajectory_t": [t for t, _ in traj],
         "train_step": state["step"],
     }
-    atomic_write_json(out_dir / "sample_summary.json", summary)
+    atomic_write_json(files.summary, summary)
     return summary

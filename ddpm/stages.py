@@ -1,7 +1,7 @@
 """The stage table: every stage of the pipeline, the settings it reads, the code it runs and the
-files it reads and writes, declared once. Snakemake's rules (`workflow/rules/*.smk`, through
-`common.smk`) and `dvc.yaml` (`ddpm.dvcfile`) are both derived from it, and so is every "is this
-stale?" decision:
+files it reads and writes, declared once (`STAGES`). Snakemake's rules (`workflow/rules/*.smk`,
+through `common.smk`) and `dvc.yaml` (`ddpm.dvcfile`) are both derived from it, and so is every
+"is this stale?" decision:
 
     config  ->  settings/<stage>[/<network>[/<variant>]].json  ->  the stage's job  ->  outputs
 
@@ -9,7 +9,11 @@ Each settings file holds exactly the settings its stage reads (resolved, default
 a fingerprint of the stage's code, and the job reads its settings from that file and nowhere
 else (`Unread` makes any other setting raise). So a setting change rewrites exactly the settings
 files of the stages that read it, a code change those of the stages whose code changed, and
-both tools rerun exactly those stages and what depends on their outputs.
+both tools rerun exactly those stages and what depends on their outputs (`reruns` says which).
+
+A stage's code is the package modules its entry module imports, directly or through other
+modules, less the plumbing (`PLUMBING`) and the side code it declares: computed from the
+imports, never listed by hand.
 
 A grid axis that only sampling or evaluation reads makes sampler *variants* of one trained
 *network*: `runs/<network>/` holds the network, `runs/<network>/<variant>/` each variant.
@@ -17,6 +21,9 @@ A grid axis that only sampling or evaluation reads makes sampler *variants* of o
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -26,31 +33,46 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ddpm.config import (
+    LOCATIONS,
+    TUNING,
     Config,
     ConfigError,
-    GridValue,
+    Run,
     bundle_keys,
     expand_grid,
     leaf_keys,
+    load_config,
     resolve_key,
     restricted_config,
     run_id,
     to_dict,
 )
 from ddpm.files import atomic_write_bytes
+from ddpm.layout import NetworkFiles, PipelineFiles, VariantFiles, settings_digest
 
 PACKAGE = Path(__file__).resolve().parent
 
 Scope = Literal["once", "network", "variant", "all"]
-
-# Settings that cannot change any output, only how fast it is made: the preprocessing processes
-# (tested byte-identical), and batch sizes of sampling (sample i depends only on (seed, i)) and
-# of Inception. A stage takes them from the live config (`--tune`), never from its settings
-# file, so changing them reruns nothing.
-TUNING = ("data.workers", "sample.batch_size", "evaluate.batch_size")
-# Where files live, not what is in them: the paths themselves are the stages' inputs/outputs.
-LOCATIONS = ("results_dir", "evaluate.inception_weights")
 EVERYTHING = "*"
+# Code that cannot change any stage's outputs: argument parsing, config validation (its result
+# is in the settings files), the stage table and file layout, dvc.yaml, errors, atomic writes.
+PLUMBING = (
+    "cli.py",
+    "config.py",
+    "docs.py",
+    "stages.py",
+    "layout.py",
+    "dvcfile.py",
+    "errors.py",
+    "files.py",
+)
+
+# Path placeholders: filled from the config by `table`, and per instance by `fill`.
+RESULTS = PipelineFiles(Path("{results}"))
+WEIGHTS = "{weights}"  # evaluate.inception_weights
+RAW_FILE = "{results}/raw/{raw}"  # one output per file of data.md5
+NET = NetworkFiles(RESULTS.runs / "{network}")
+VAR = VariantFiles(RESULTS.runs / "{network}" / "{variant}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,7 @@ class Stage:
     name: str  # the rule / DVC stage; the command is `python -m ddpm <name with - for _>`
     scope: Scope  # runs once, once per network, once per sampler variant, or over all of them
     reads: tuple[str, ...]  # settings: dotted keys, sections ("train"), "grid", or "*" (all)
-    code: tuple[str, ...]  # package files whose content decides the outputs; [0] is the entry
+    entry: str  # the module the command calls into; its import closure is the stage's code
     outs: dict[str, str]  # output name -> path template
     args: tuple[tuple[str, str], ...]  # the command's options after --settings: (flag, template)
     deps: dict[str, str] = field(default_factory=dict)  # input name -> path template
@@ -69,208 +91,311 @@ class Stage:
     persist: dict[str, str] = field(default_factory=dict)  # kept across reruns (resume state)
     flags: tuple[str, ...] = ()  # options the pipeline always passes
     # Modules the entry imports whose code cannot change the declared outputs (training's
-    # preview images use the sampler); a test checks the rest of the import closure is in `code`.
+    # preview images use the sampler); their own imports are not followed either.
     side_code: tuple[str, ...] = ()
+    assets: tuple[str, ...] = ()  # package files besides modules that decide the outputs
+    when: tuple[str, Any] | None = None  # (dotted setting, value): the stage exists only then
 
     @property
     def command(self) -> str:
         return self.name.replace("_", "-")
 
+    @property
+    def code(self) -> tuple[str, ...]:
+        """The package files whose content decides the outputs: the entry's import closure
+        (less plumbing and side code) and the assets."""
+        return import_closure(self.entry, stop=PLUMBING + self.side_code) + self.assets
 
-def _stages(cfg: Config) -> list[Stage]:
-    r = cfg.results_dir
-    raw = {"raw_" + re.sub(r"\W", "_", name): f"{r}/raw/{name}" for name in cfg.data.md5}
-    dataset, manifest = f"{r}/data/dataset.npy", f"{r}/data/dataset.json"
-    weights = cfg.evaluate.inception_weights
-    reference = f"{r}/reference.pt"
-    net, var = f"{r}/runs/{{network}}", f"{r}/runs/{{network}}/{{variant}}"
-    flowers = cfg.data.source == "flowers102"
-    stages = []
-    if flowers:
-        stages.append(
-            Stage(
-                "download",
-                "once",
-                reads=("data.base_url", "data.md5"),
-                code=("data.py",),
-                outs=raw,
-                args=(("--out", f"{r}/raw"),),
-                side_code=("dataset.py",),  # its error type only
-            )
-        )
-    stages += [
-        Stage(
-            "preprocess",
-            "once",
-            reads=("data",),
-            code=("data.py", "dataset.py"),
-            deps=raw if flowers else {},
-            outs={"data": dataset, "manifest": manifest},
-            args=((("--raw", f"{r}/raw"),) if flowers else ()) + (("--out", dataset),),
-            tunes=("data.workers",),
+
+# The settings that scoring images reads, for the reference and for every variant alike.
+SCORING = (
+    "evaluate.weights_sha256_prefix",
+    "evaluate.device",
+    "evaluate.kid_subset_size",
+    "evaluate.kid_subsets",
+    "evaluate.seed",
+)
+PER_RUN = {  # what the summary and the report read of every run
+    "train_summary": str(NET.summary),
+    "sample_summary": str(VAR.summary),
+    "metrics": str(VAR.metrics),
+    "evaluation": str(VAR.evaluation),
+}
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "download",
+        "once",
+        reads=("data.base_url", "data.md5"),
+        entry="data.py",
+        outs={"raw": RAW_FILE},
+        args=(("--out", str(RESULTS.raw)),),
+        side_code=("dataset.py",),  # its error type only
+        when=("data.source", "flowers102"),
+    ),
+    Stage(
+        "preprocess",
+        "once",
+        reads=("data",),
+        entry="data.py",
+        deps={"raw": RAW_FILE},
+        outs={"data": str(RESULTS.dataset), "manifest": str(RESULTS.manifest)},
+        args=(("--raw", str(RESULTS.raw)), ("--out", str(RESULTS.dataset))),
+        tunes=("data.workers",),
+    ),
+    Stage(
+        "inception_weights",
+        "once",
+        reads=(
+            "evaluate.inception_source",
+            "evaluate.weights_url",
+            "evaluate.weights_sha256_prefix",
         ),
-        Stage(
-            "inception_weights",
-            "once",
-            reads=(
-                "evaluate.inception_source",
-                "evaluate.weights_url",
-                "evaluate.weights_sha256_prefix",
-            ),
-            code=("metrics.py", "features.py", "data.py"),
-            outs={"weights": weights, "sidecar": weights + ".json"},
-            args=(("--out", weights),),
-            side_code=("dataset.py", "devices.py"),
+        entry="metrics.py",
+        outs={"weights": WEIGHTS, "sidecar": WEIGHTS + ".json"},
+        args=(("--out", WEIGHTS),),
+        side_code=("dataset.py", "devices.py"),
+    ),
+    Stage(
+        "reference_stats",
+        "once",
+        reads=(*SCORING, "evaluate.reference_max_images"),
+        entry="metrics.py",
+        deps={"data": str(RESULTS.dataset), "manifest": str(RESULTS.manifest), "weights": WEIGHTS},
+        outs={"reference": str(RESULTS.reference)},
+        args=(
+            ("--data", str(RESULTS.dataset)),
+            ("--weights", WEIGHTS),
+            ("--out", str(RESULTS.reference)),
         ),
-        Stage(
-            "reference_stats",
-            "once",
-            reads=(
-                "evaluate.weights_sha256_prefix",
-                "evaluate.device",
-                "evaluate.kid_subset_size",
-                "evaluate.kid_subsets",
-                "evaluate.reference_max_images",
-                "evaluate.seed",
-            ),
-            code=("metrics.py", "features.py", "dataset.py", "devices.py"),
-            deps={"data": dataset, "manifest": manifest, "weights": weights},
-            outs={"reference": reference},
-            args=(("--data", dataset), ("--weights", weights), ("--out", reference)),
-            tunes=("evaluate.batch_size",),
-            side_code=("data.py",),  # the flower generator, which only trains the features
+        tunes=("evaluate.batch_size",),
+        side_code=("data.py",),  # the flower generator, which only trains the features
+    ),
+    Stage(
+        "train",
+        "network",
+        reads=("model", "diffusion", "train"),
+        entry="train.py",
+        deps={"data": str(RESULTS.dataset), "manifest": str(RESULTS.manifest)},
+        outs={"final": str(NET.final), "summary": str(NET.summary), "log": str(NET.log)},
+        persist={"checkpoint": str(NET.checkpoint)},
+        args=(("--data", str(RESULTS.dataset)), ("--out", str(NET.folder))),
+        flags=("--restart-if-changed",),
+        side_code=("sampling.py", "images.py"),
+    ),
+    Stage(
+        "sample",
+        "variant",
+        reads=("sample",),
+        entry="sampling.py",
+        deps={"final": str(NET.final)},
+        outs={
+            "samples": str(VAR.samples),
+            "grid": str(VAR.grid),
+            "trajectory": str(VAR.trajectory),
+            "summary": str(VAR.summary),
+        },
+        args=(("--ckpt", str(NET.final)), ("--out", str(VAR.folder))),
+        tunes=("sample.batch_size",),
+    ),
+    Stage(
+        "evaluate",
+        "variant",
+        reads=(*SCORING, "evaluate.is_splits", "evaluate.fid_halves"),
+        entry="metrics.py",
+        deps={"samples": str(VAR.samples), "reference": str(RESULTS.reference), "weights": WEIGHTS},
+        outs={"metrics": str(VAR.metrics), "evaluation": str(VAR.evaluation)},
+        args=(
+            ("--samples", str(VAR.samples)),
+            ("--reference", str(RESULTS.reference)),
+            ("--weights", WEIGHTS),
+            ("--out", str(VAR.folder)),
         ),
-        Stage(
-            "train",
-            "network",
-            reads=("model", "diffusion", "train"),
-            code=(
-                "train.py",
-                "model.py",
-                "unet.py",
-                "diffusion.py",
-                "schedules.py",
-                "ema.py",
-                "dataset.py",
-                "devices.py",
-            ),
-            deps={"data": dataset, "manifest": manifest},
-            outs={
-                "final": f"{net}/final.pt",
-                "summary": f"{net}/train_summary.json",
-                "log": f"{net}/train_log.csv",
-            },
-            persist={"checkpoint": f"{net}/checkpoint.pt"},
-            args=(("--data", dataset), ("--out", net)),
-            flags=("--restart-if-changed",),
-            side_code=("sampling.py", "images.py"),
+        tunes=("evaluate.batch_size",),
+        side_code=("dataset.py", "data.py"),
+    ),
+    Stage(
+        "summary",
+        "all",
+        # The grid's runs and their settings; not how the report is drawn.
+        reads=("grid", "data", "model", "diffusion", "train", "sample", "evaluate"),
+        entry="report.py",
+        deps=PER_RUN,
+        outs={"summary": str(RESULTS.summary)},
+        args=(("--runs", str(RESULTS.runs)), ("--out", str(RESULTS.summary))),
+        side_code=("dataset.py", "images.py"),
+    ),
+    Stage(
+        "report",
+        "all",
+        reads=(EVERYTHING,),
+        entry="report.py",
+        deps={
+            **PER_RUN,
+            "train_log": str(NET.log),
+            "samples": str(VAR.samples),
+            "trajectory": str(VAR.trajectory),
+            "data": str(RESULTS.dataset),
+            "manifest": str(RESULTS.manifest),
+        },
+        outs={"report": str(RESULTS.report)},
+        args=(
+            ("--runs", str(RESULTS.runs)),
+            ("--data", str(RESULTS.dataset)),
+            ("--out", str(RESULTS.report)),
         ),
-        Stage(
-            "sample",
-            "variant",
-            reads=("sample",),
-            code=(
-                "sampling.py",
-                "model.py",
-                "unet.py",
-                "diffusion.py",
-                "schedules.py",
-                "devices.py",
-                "images.py",
-            ),
-            deps={"final": f"{net}/final.pt"},
-            outs={
-                "samples": f"{var}/samples.npz",
-                "grid": f"{var}/grid.png",
-                "trajectory": f"{var}/trajectory.png",
-                "summary": f"{var}/sample_summary.json",
-            },
-            args=(("--ckpt", f"{net}/final.pt"), ("--out", var)),
-            tunes=("sample.batch_size",),
+        assets=("templates/report.html.j2",),
+    ),
+)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+# -- the table for one config --------------------------------------------------------------------
+
+
+def _applies(stage: Stage, cfg: Config) -> bool:
+    if stage.when is None:
+        return True
+    key, value = stage.when
+    return _value_of(cfg, key) == value
+
+
+def _value_of(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _downloads(cfg: Config) -> bool:
+    """Whether this config downloads its data (then preprocessing reads the raw folder)."""
+    return _applies(BY_NAME["download"], cfg)
+
+
+def _bind(template: str, cfg: Config) -> str:
+    return template.replace("{results}", cfg.results_dir).replace(
+        WEIGHTS, cfg.evaluate.inception_weights
+    )
+
+
+def _bind_paths(templates: dict[str, str], cfg: Config) -> dict[str, str]:
+    """Templates with `{results}` and `{weights}` filled in; the `{raw}` template becomes one
+    entry per downloaded file (none when the data is not downloaded)."""
+    out = {}
+    for name, template in templates.items():
+        if template != RAW_FILE:
+            out[name] = _bind(template, cfg)
+        elif _downloads(cfg):
+            for file in cfg.data.md5:
+                out[name + "_" + re.sub(r"\W", "_", file)] = _bind(template, cfg).replace(
+                    "{raw}", file
+                )
+    return out
+
+
+def bind(stage: Stage, cfg: Config) -> Stage:
+    """`stage` with its path templates filled in for `cfg` (networks and variants still open)."""
+    raw_dir = str(RESULTS.raw)
+    return dataclasses.replace(
+        stage,
+        outs=_bind_paths(stage.outs, cfg),
+        deps=_bind_paths(stage.deps, cfg),
+        persist=_bind_paths(stage.persist, cfg),
+        args=tuple(
+            (flag, _bind(t, cfg)) for flag, t in stage.args if t != raw_dir or _downloads(cfg)
         ),
-        Stage(
-            "evaluate",
-            "variant",
-            reads=(
-                "evaluate.weights_sha256_prefix",
-                "evaluate.device",
-                "evaluate.kid_subset_size",
-                "evaluate.kid_subsets",
-                "evaluate.is_splits",
-                "evaluate.fid_halves",
-                "evaluate.seed",
-            ),
-            code=("metrics.py", "features.py", "devices.py"),
-            deps={"samples": f"{var}/samples.npz", "reference": reference, "weights": weights},
-            outs={"metrics": f"{var}/metrics.json", "evaluation": f"{var}/evaluation.json"},
-            args=(
-                ("--samples", f"{var}/samples.npz"),
-                ("--reference", reference),
-                ("--weights", weights),
-                ("--out", var),
-            ),
-            tunes=("evaluate.batch_size",),
-            side_code=("dataset.py", "data.py"),
-        ),
-    ]
-    per_run = {
-        "train_summary": f"{net}/train_summary.json",
-        "sample_summary": f"{var}/sample_summary.json",
-        "metrics": f"{var}/metrics.json",
-        "evaluation": f"{var}/evaluation.json",
-    }
-    stages += [
-        Stage(
-            "summary",
-            "all",
-            # The grid's runs and their settings; not how the report is drawn.
-            reads=("grid", "data", "model", "diffusion", "train", "sample", "evaluate"),
-            code=("report.py", "schedules.py", "diffusion.py"),
-            deps=per_run,
-            outs={"summary": f"{r}/summary.csv"},
-            args=(("--runs", f"{r}/runs"), ("--out", f"{r}/summary.csv")),
-            side_code=("dataset.py", "images.py"),
-        ),
-        Stage(
-            "report",
-            "all",
-            reads=(EVERYTHING,),
-            code=(
-                "report.py",
-                "templates/report.html.j2",
-                "schedules.py",
-                "diffusion.py",
-                "images.py",
-                "dataset.py",
-            ),
-            deps={
-                **per_run,
-                "train_log": f"{net}/train_log.csv",
-                "samples": f"{var}/samples.npz",
-                "trajectory": f"{var}/trajectory.png",
-                "data": dataset,
-                "manifest": manifest,
-            },
-            outs={"report": f"{r}/report.html"},
-            args=(("--runs", f"{r}/runs"), ("--data", dataset), ("--out", f"{r}/report.html")),
-        ),
-    ]
-    return stages
+    )
 
 
 def table(cfg: Config) -> dict[str, Stage]:
-    """The stages of the pipeline for `cfg`, in order (download only for Flowers-102)."""
-    return {s.name: s for s in _stages(cfg)}
+    """The stages of the pipeline for `cfg`, in order, with its paths filled in."""
+    return {s.name: bind(s, cfg) for s in STAGES if _applies(s, cfg)}
+
+
+def check_results_dir(cfg: Config) -> None:
+    """Refuse a results_dir that cannot hold the pipeline's folders, before any job runs."""
+    path = Path(cfg.results_dir)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(
+            f"results_dir: {cfg.results_dir!r} cannot be a folder, because {blocker} is a file; "
+            "move the file or choose another results_dir"
+        )
 
 
 def get_stage(name: str, cfg: Config | None = None) -> Stage:
-    stages = table(cfg or Config())
-    if name not in stages:
-        raise ConfigError(f"this config has no stage '{name}'; its stages: {', '.join(stages)}")
-    return stages[name]
+    cfg = cfg or Config()
+    if name not in BY_NAME:
+        raise ConfigError(f"there is no stage '{name}'; the stages: {', '.join(BY_NAME)}")
+    stage = BY_NAME[name]
+    if not _applies(stage, cfg):
+        key, value = stage.when
+        raise ConfigError(
+            f"stage '{name}' runs only when {key} is {value!r}; this config's {key} is "
+            f"{_value_of(cfg, key)!r}"
+        )
+    return bind(stage, cfg)
 
 
-# -- what a stage reads --------------------------------------------------------------------------
+# -- the code a stage runs -----------------------------------------------------------------------
+
+
+def _imports(name: str) -> set[str]:
+    """The package modules a module imports (also inside functions), as file names."""
+    path = PACKAGE / name
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpm"):
+            if node.module == "ddpm":
+                names |= {f"{a.name}.py" for a in node.names if (PACKAGE / f"{a.name}.py").exists()}
+            else:
+                names.add(node.module.split(".", 1)[1].replace(".", "/") + ".py")
+        elif isinstance(node, ast.Import):
+            names |= {
+                a.name.split(".", 1)[1] + ".py" for a in node.names if a.name.startswith("ddpm.")
+            }
+    return names
+
+
+@functools.cache
+def _closure(entry: str, stop: tuple[str, ...], package: Path) -> tuple[str, ...]:
+    seen, todo = [], [entry]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        if current not in stop or current == entry:
+            todo += sorted(_imports(current))
+    return tuple(m for m in seen if m == entry or m not in stop)
+
+
+def import_closure(entry: str, stop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`entry` and the package modules it imports, directly or through others, not following
+    (and leaving out) the modules in `stop`."""
+    return _closure(entry, tuple(sorted(stop)), PACKAGE)
+
+
+def code_files(stage: Stage) -> list[Path]:
+    return [PACKAGE / name for name in stage.code]
+
+
+def code_fingerprint(stage: Stage) -> str:
+    """sha256 over the stage's code files (name and content): changes when its code does."""
+    h = hashlib.sha256()
+    for path in code_files(stage):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def settings_code() -> tuple[str, ...]:
+    """The modules that decide what the settings files hold: the config, the stage table, and
+    everything they import (the `settings` step's own code)."""
+    return import_closure("dvcfile.py")
+
+
+# -- what a stage reads, and what a change reruns ------------------------------------------------
 
 
 def read_keys(stage: Stage) -> list[str]:
@@ -287,71 +412,42 @@ def read_keys(stage: Stage) -> list[str]:
     return [k for k in keys if k not in TUNING and k not in LOCATIONS]
 
 
-def _pick(tree: dict, keys: list[str]) -> dict:
-    """The nested sub-dict of `tree` holding only the dotted `keys`."""
-    out: dict = {}
-    for key in keys:
-        node, src = out, tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node, src = node.setdefault(p, {}), src[p]
-        node[leaf] = src[leaf]
-    return out
+def _downstream(names: set[str]) -> set[str]:
+    """`names` and every stage that reads, directly or not, what they write."""
+    templates = {s.name: set(s.outs.values()) | set(s.persist.values()) for s in STAGES}
+    found = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for s in STAGES:
+            if s.name not in found and any(
+                d in templates[f] for f in found for d in s.deps.values()
+            ):
+                found.add(s.name)
+                changed = True
+    return found
 
 
-def settings_of(stage: Stage, cfg: Config) -> dict:
-    """The settings `stage` reads, from the resolved config of one of its instances."""
-    return _pick(to_dict(cfg), read_keys(stage))
+def readers(key: str) -> list[str]:
+    """The stages whose settings or files a change to setting `key` changes: those that read
+    it (none for a tuning setting), or for a location, those whose files it names."""
+    if key in TUNING:
+        return []
+    if key == "results_dir":
+        return [s.name for s in STAGES]
+    if key in LOCATIONS:  # evaluate.inception_weights: a path in the table
+        return [s.name for s in STAGES if any(WEIGHTS in t for t in s.outs.values())]
+    return [s.name for s in STAGES if key in read_keys(s)]
 
 
-def code_files(stage: Stage) -> list[Path]:
-    return [PACKAGE / name for name in stage.code]
-
-
-def code_fingerprint(stage: Stage) -> str:
-    """sha256 over the stage's code files (name and content): changes when its code does."""
-    h = hashlib.sha256()
-    for path in code_files(stage):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def job_config(stage: Stage, settings: dict, tuning: dict[str, Any] | None = None) -> Config:
-    """The config a job runs with: its settings, the tuning it takes, and `Unread` elsewhere."""
-    raw = json.loads(json.dumps(settings))
-    for key, value in (tuning or {}).items():
-        if key not in stage.tunes:
-            raise ConfigError(
-                f"--tune {key}: stage '{stage.name}' takes only {', '.join(stage.tunes) or 'none'}"
-            )
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return restricted_config(raw, set(read_keys(stage)) | set(stage.tunes), stage.name)
-
-
-def tuning_of(stage: Stage, cfg: Config) -> dict[str, Any]:
-    """The tuning settings `stage` takes, read from a (live) config."""
-    tree = to_dict(cfg)
-    out = {}
-    for key in stage.tunes:
-        section, leaf = key.split(".")
-        out[key] = tree[section][leaf]
-    return out
+def reruns(key: str) -> list[str]:
+    """The stages that rerun when setting `key` changes: its readers and every stage after
+    them (an output that comes out byte-identical can stop that chain early)."""
+    found = _downstream(set(readers(key)))
+    return [s.name for s in STAGES if s.name in found]
 
 
 # -- networks and sampler variants ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Network:
-    """A trained network: its id (its grid values) and the config it is trained with."""
-
-    id: str
-    params: dict[str, GridValue]
-    config: Config
 
 
 @dataclass(frozen=True)
@@ -360,7 +456,7 @@ class Variant:
 
     network: str
     id: str
-    params: dict[str, GridValue]
+    params: dict[str, Any]
     config: Config
 
     @property
@@ -370,7 +466,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class Plan:
-    networks: list[Network]
+    networks: list[Run]  # each network's id, the grid values that make it, its config
     variants: list[Variant]
     network_axes: list[str]  # grid keys (as written) that make networks
     variant_axes: list[str]  # grid keys that make variants of each network
@@ -379,30 +475,28 @@ class Plan:
 DEFAULT_ID = run_id({})
 
 
-def _axis_kind(key: str, values: list, stages: dict[str, Stage]) -> Literal["network", "variant"]:
+def _axis_kind(key: str, values: list) -> Literal["network", "variant"]:
     """Whether a grid axis changes what is trained or only how it is sampled / evaluated; a
     bundle axis must do one or the other with all its settings."""
     bundle = bundle_keys(key, values)
     if bundle is not None:
-        kinds = {_setting_kind(dotted, f"grid.{key}.{k}", stages) for k, dotted in bundle.items()}
+        kinds = {_setting_kind(dotted, f"grid.{key}.{k}") for k, dotted in bundle.items()}
         if len(kinds) > 1:
             raise ConfigError(
                 f"grid.{key}: a bundle's settings must all be read by training or all only by "
                 "sampling and evaluation; split it into two axes"
             )
         return kinds.pop()
-    return _setting_kind(resolve_key(key), f"grid.{key}", stages)
+    return _setting_kind(resolve_key(key), f"grid.{key}")
 
 
-def _setting_kind(
-    dotted: str, where: str, stages: dict[str, Stage]
-) -> Literal["network", "variant"]:
+def _setting_kind(dotted: str, where: str) -> Literal["network", "variant"]:
     key = where.removeprefix("grid.")
     if dotted in TUNING or dotted in LOCATIONS:
         raise ConfigError(
             f"grid.{key}: {dotted} cannot change a result, so it cannot be a grid axis"
         )
-    readers = [s for s in stages.values() if s.scope != "all" and dotted in read_keys(s)]
+    readers = [s for s in STAGES if s.scope != "all" and dotted in read_keys(s)]
     once = [s.name for s in readers if s.scope == "once"]
     if once:
         raise ConfigError(
@@ -424,11 +518,10 @@ def plan(cfg: Config) -> Plan:
 
     Network ids join the training axes (`T~1000_schedule~cosine`), variant ids the sampling /
     evaluation axes (`method~ddim_steps~50`); `default` where there are none."""
-    stages = table(Config())  # what each stage reads does not depend on the config
-    kinds = {key: _axis_kind(key, values, stages) for key, values in cfg.grid.items()}
+    kinds = {key: _axis_kind(key, values) for key, values in cfg.grid.items()}
     network_axes = [k for k in cfg.grid if kinds[k] == "network"]
     variant_axes = [k for k in cfg.grid if kinds[k] == "variant"]
-    networks: dict[str, Network] = {}
+    networks: dict[str, Run] = {}
     variants: dict[str, Variant] = {}
     for run in expand_grid(cfg):
         net_params = {k: run.params[k] for k in network_axes}
@@ -436,7 +529,7 @@ def plan(cfg: Config) -> Plan:
         net_id = run_id(net_params)
         var_id = run_id(var_params)
         if net_id not in networks:  # training reads none of the variant axes
-            networks[net_id] = Network(net_id, net_params, run.config)
+            networks[net_id] = Run(net_id, net_params, run.config)
         variants[f"{net_id}/{var_id}"] = Variant(net_id, var_id, var_params, run.config)
     return Plan(
         networks=sorted(networks.values(), key=lambda n: n.id),
@@ -474,22 +567,49 @@ def expand(template: str, the_plan: Plan) -> list[str]:
 # -- settings files ------------------------------------------------------------------------------
 
 
+def _pick(tree: dict, keys: list[str]) -> dict:
+    """The nested sub-dict of `tree` holding only the dotted `keys`."""
+    out: dict = {}
+    for key in keys:
+        node, src = out, tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node, src = node.setdefault(p, {}), src[p]
+        node[leaf] = src[leaf]
+    return out
+
+
+def settings_of(stage: Stage, cfg: Config) -> dict:
+    """The settings `stage` reads, from the resolved config of one of its instances."""
+    return _pick(to_dict(cfg), read_keys(stage))
+
+
 def settings_name(stage: Stage, instance: str = "") -> str:
     """`train/T~1000`: where an instance's settings live under `<results>/settings/`."""
     return f"{stage.name}/{instance}" if instance else stage.name
 
 
 def settings_path(cfg: Config, stage: Stage, instance: str = "") -> str:
-    return f"{cfg.results_dir}/settings/{settings_name(stage, instance)}.json"
+    return _bind(f"{RESULTS.settings}/{settings_name(stage, instance)}.json", cfg)
 
 
-def settings_document(stage: Stage, instance: str, instance_cfg: Config) -> dict:
-    return {
+def settings_document(
+    stage: Stage, instance: str, instance_cfg: Config, fingerprint: str | None = None
+) -> dict:
+    """What a job reads: its stage and instance, its code's fingerprint, its settings, and for
+    a variant the network it must be given (id and training settings' digest, checked against
+    the network's final.pt)."""
+    document = {
         "stage": stage.name,
         "instance": instance,
-        "code": code_fingerprint(stage),
+        "code": fingerprint or code_fingerprint(stage),
         "settings": settings_of(stage, instance_cfg),
     }
+    if stage.scope == "variant":
+        network = instance.partition("/")[0]
+        trained = settings_of(BY_NAME["train"], instance_cfg)
+        document["network"] = {"id": network, "settings_digest": settings_digest(trained)}
+    return document
 
 
 def all_settings(cfg: Config) -> dict[str, str]:
@@ -497,8 +617,9 @@ def all_settings(cfg: Config) -> dict[str, str]:
     the_plan = plan(cfg)
     out = {}
     for stage in table(cfg).values():
+        fingerprint = code_fingerprint(stage)
         for instance, instance_cfg in instances(stage, cfg, the_plan).items():
-            document = settings_document(stage, instance, instance_cfg)
+            document = settings_document(stage, instance, instance_cfg, fingerprint)
             text = json.dumps(document, indent=2, sort_keys=True) + "\n"
             out[settings_name(stage, instance)] = text
     return out
@@ -558,6 +679,30 @@ def find_instance(stage: Stage, cfg: Config, run: str | None) -> tuple[str, Conf
     )
 
 
+# -- what a job runs with ------------------------------------------------------------------------
+
+
+def job_config(stage: Stage, settings: dict, tuning: dict[str, Any] | None = None) -> Config:
+    """The config a job runs with: its settings, the tuning it takes, and `Unread` elsewhere."""
+    raw = json.loads(json.dumps(settings))
+    for key, value in (tuning or {}).items():
+        if key not in stage.tunes:
+            raise ConfigError(
+                f"--tune {key}: stage '{stage.name}' takes only {', '.join(stage.tunes) or 'none'}"
+            )
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return restricted_config(raw, set(read_keys(stage)) | set(stage.tunes), stage.name)
+
+
+def tuning_of(stage: Stage, cfg: Config) -> dict[str, Any]:
+    """The tuning settings `stage` takes, read from a (live) config."""
+    return {key: _value_of(cfg, key) for key in stage.tunes}
+
+
 def prepare(name: str, cfg: Config, run: str | None = None) -> tuple[Config, dict]:
     """What a stage's job gets from a whole config (by hand, or in tests): the config it runs
     with and its settings document, exactly as the pipeline's settings file would give them."""
@@ -565,6 +710,39 @@ def prepare(name: str, cfg: Config, run: str | None = None) -> tuple[Config, dic
     instance, instance_cfg = find_instance(stage, cfg, run)
     document = settings_document(stage, instance, instance_cfg)
     return job_config(stage, document["settings"], tuning_of(stage, cfg)), document
+
+
+def load_job(
+    name: str,
+    *,
+    settings: str | None = None,
+    config: str | None = None,
+    run: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    tune: dict[str, Any] | None = None,
+    tune_from: str | None = None,
+) -> tuple[Config, dict]:
+    """The config a stage command runs with, and its settings document: from `settings` (what
+    the pipeline passes: the file the job was fingerprinted with) or from `config` and `run` by
+    hand, computed the same way. Tuning settings (which cannot change a result) come from
+    `tune`, from the `tune_from` config file, or from `config` itself."""
+    if bool(settings) == bool(config):
+        raise ConfigError(
+            "give either --settings FILE (as the pipeline does) or --config FILE [--run ID]"
+        )
+    if settings:
+        if overrides or run:
+            raise ConfigError("--set and --run go with --config, not with --settings")
+        stage = get_stage(name)
+        document = read_settings(settings, stage)
+        tuning = tuning_of(stage, load_config(tune_from)) if tune_from else {}
+    else:
+        cfg = load_config(config, overrides)
+        stage = get_stage(name, cfg)
+        _, document = prepare(name, cfg, run)
+        tuning = tuning_of(stage, cfg)
+    tuning.update(tune or {})
+    return job_config(stage, document["settings"], tuning), document
 
 
 # -- the command a tool runs ---------------------------------------------------------------------

@@ -8,13 +8,12 @@ crash or an interrupt and a restart, the weights, `train_log.csv` (apart from it
 and the summary equal those of an uninterrupted run.
 
 A checkpoint belongs to one training identity: the training settings, the training code's
-fingerprint and the dataset. Only the settings in `RESUMABLE` may differ on resume.
+fingerprint and the dataset. Only the settings declared `resumable` may differ on resume.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ddpm import __version__
-from ddpm.config import Config, diff_keys
+from ddpm.config import RESUMABLE, Config, diff_keys
 from ddpm.dataset import load_dataset
 from ddpm.devices import autocast, select_device
 from ddpm.ema import EMA
@@ -32,45 +31,14 @@ from ddpm.errors import PipelineError
 from ddpm.files import (
     atomic_write_bytes,
     atomic_write_json,
-    load_torch,
-    remove_stale_temporaries,
+    check_output_dir,
     save_torch,
 )
 from ddpm.images import save_grid
+from ddpm.layout import LOG_FIELDS, NetworkFiles, log_text, read_checkpoint
 from ddpm.model import MEMORY_FORMAT, build, compile_, wants_compile
 from ddpm.sampling import ddim_sample, to_uint8
 from ddpm.unet import count_parameters
-
-CHECKPOINT = "checkpoint.pt"
-FINAL = "final.pt"
-LOG = "train_log.csv"
-SUMMARY = "train_summary.json"
-STALE = "checkpoint.stale.pt"
-LOG_FIELDS = [
-    "step",
-    "loss",
-    "loss_q1",
-    "loss_q2",
-    "loss_q3",
-    "loss_q4",
-    "lr",
-    "grad_norm",
-    "images_per_s",
-    "elapsed_s",
-]
-TIMING_FIELDS = ("images_per_s", "elapsed_s")  # the only columns a resumed run may change
-# Settings that may change while a checkpoint stays valid: how long to train, how often to
-# checkpoint / log / preview, and where (CPU, GPU, compiled or not) the same steps run.
-RESUMABLE = (
-    "train.steps",
-    "train.epochs",
-    "train.max_minutes",
-    "train.checkpoint_every",
-    "train.log_every",
-    "train.preview_every",
-    "train.device",
-    "train.compile",
-)
 
 
 class TrainingError(PipelineError):
@@ -86,23 +54,6 @@ class Interrupted(PipelineError):
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by this module; a damaged file gives a message, not a traceback."""
-    state = load_torch(
-        path,
-        TrainingError,
-        missing="run `python -m ddpm train`",
-        damaged="Restore it (e.g. `dvc pull`) or delete it to train this run from scratch.",
-    )
-    needed = {"step", "settings", "model", "ema", "optimizer", "scaler", "log", "rng"}
-    if not isinstance(state, dict) or not needed <= set(state):
-        raise TrainingError(
-            f"{path} is not a training checkpoint of this version of ddpm-pipeline; move it "
-            "away (or delete it) to train this run from scratch"
-        )
-    return state
 
 
 def stale_reasons(state: dict, identity: dict, total: int) -> list[str]:
@@ -204,20 +155,6 @@ class LossLog:
         self.losses = list(state["losses"])
         self.quarter_sum.copy_(state["quarter_sum"])
         self.quarter_count.copy_(state["quarter_count"])
-
-
-def write_log(path: Path, rows: list[dict]) -> None:
-    """train_log.csv with `rows`, atomically (rows are then appended as training goes on)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 class _StopFlag:
@@ -362,9 +299,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainingError(f"--out {out_dir} is a file; give the run's folder")
+    out_dir = check_output_dir(out_dir)
     tc = cfg.train
     device = select_device(tc.device, exclusive=True)
     if device.type == "cuda":
@@ -379,29 +314,28 @@ def train(
         "code": identity["code"],
         "dataset_sha256": manifest["sha256"],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
 
     # 1. The network, its diffusion and everything a step changes.
     loop = TrainLoop(cfg, data, device)
 
     # 2. Resume, or set a checkpoint of another identity aside.
-    ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
+    files = NetworkFiles(out_dir)
+    ckpt_path, log_path = files.checkpoint, files.log
     start, elapsed_before = 0, 0.0
-    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    state = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
         reasons = stale_reasons(state, identity, steps)
         if reasons and not restart_if_changed:
             raise TrainingError(
                 f"{ckpt_path} belongs to another training ({'; '.join(reasons)}). Restore "
                 "those settings to resume it, or pass --restart-if-changed to set it aside (as "
-                f"{STALE}) and train this run from scratch."
+                f"{files.stale_checkpoint.name}) and train this run from scratch."
             )
         if reasons:
-            os.replace(ckpt_path, out_dir / STALE)
+            os.replace(ckpt_path, files.stale_checkpoint)
             print(
-                f"{ckpt_path}: {'; '.join(reasons)}; set aside as {out_dir / STALE}, training "
-                "from scratch",
+                f"{ckpt_path}: {'; '.join(reasons)}; set aside as {files.stale_checkpoint}, "
+                "training from scratch",
                 flush=True,
             )
             state = None
@@ -409,7 +343,7 @@ def train(
         loop.load_state_dict(state)
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         print(f"resuming {network_id} from step {start} ({ckpt_path})", flush=True)
-    write_log(log_path, loop.log.rows)
+    atomic_write_bytes(log_path, log_text(loop.log.rows).encode())
 
     def save_checkpoint(step: int, elapsed: float) -> None:
         meta = {"step": step, "elapsed_s": elapsed, "network": network_id, "version": __version__}
@@ -468,7 +402,7 @@ def train(
                     cfg,
                     device,
                     size,
-                    out_dir / "previews" / f"step_{step:07d}.png",
+                    files.preview(step),
                     preview_noise_seed,
                 )
             if want_ckpt:
@@ -490,7 +424,7 @@ def train(
 
     # 4. What sampling needs, and the summary.
     save_torch(
-        out_dir / FINAL,
+        files.final,
         {
             **identity,
             "network": network_id,
@@ -526,7 +460,7 @@ def train(
         "dataset_count": n_images,
         "final_loss": _smoothed_final_loss(rows),
     }
-    atomic_write_json(out_dir / SUMMARY, summary)
+    atomic_write_json(files.summary, summary)
     return summary
 
 

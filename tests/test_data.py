@@ -19,7 +19,8 @@ from ddpm.data import (
     safe_extract,
     synthetic_dataset,
 )
-from ddpm.dataset import DataError, load_dataset, manifest_path
+from ddpm.dataset import DataError, load_dataset
+from ddpm.layout import manifest_path
 
 
 def data_cfg(**data):

@@ -13,8 +13,8 @@ import pytest
 from ddpm.config import config_from_dict
 from ddpm.data import preprocess
 from ddpm.images import save_grid
+from ddpm.layout import LOG_FIELDS
 from ddpm.report import build_report
-from ddpm.train import LOG_FIELDS
 
 ARTIFACTS = Path(
     os.environ.get("DDPM_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")

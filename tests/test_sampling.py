@@ -3,6 +3,7 @@ import torch
 from scipy import stats
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.presets import UNetSpec
 from ddpm.sampling import (
     SampleNoise,
     ddim_sample,
@@ -12,7 +13,7 @@ from ddpm.sampling import (
     to_uint8,
 )
 from ddpm.schedules import make_betas
-from ddpm.unet import UNet, UNetSpec
+from ddpm.unet import UNet
 
 
 def oracle_for(diffusion: GaussianDiffusion, x0: torch.Tensor):

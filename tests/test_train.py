@@ -14,9 +14,10 @@ from conftest import TINY
 from ddpm.config import load_config
 from ddpm.data import preprocess
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.sampling import generate, load_final
+from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
+from ddpm.sampling import generate
 from ddpm.stages import prepare
-from ddpm.train import TIMING_FIELDS, TrainingError, load_checkpoint, read_log, train
+from ddpm.train import TrainingError, train
 
 RUN = "T~50"
 
@@ -76,7 +77,7 @@ def train_cmd(config, data, out):
 
 
 def ema_weights(run_dir):
-    return load_final(run_dir / "final.pt")["ema"]
+    return read_final(run_dir / "final.pt")["ema"]
 
 
 def assert_same_weights(a, b):
@@ -95,7 +96,7 @@ def test_tiny_run_completes_and_learns(setup, tmp_path):
     assert summary["steps"] == 60 and summary["images_seen"] == 480
     assert summary["parameters"] > 0 and summary["images_per_s"] > 0
     assert (tmp_path / "run/previews/step_0000060.png").exists()
-    state = load_checkpoint(tmp_path / "run/checkpoint.pt")
+    state = read_checkpoint(tmp_path / "run/checkpoint.pt")
     assert state["step"] == 60 and state["settings"]["diffusion"]["T"] == 50
     assert [r["step"] for r in state["log"]["rows"]] == list(range(5, 61, 5))
 
@@ -121,7 +122,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(crashed / "checkpoint.pt")["step"]
+    killed_at = read_checkpoint(crashed / "checkpoint.pt")["step"]
     assert 0 < killed_at < 40 and not (crashed / "final.pt").exists()
 
     r = subprocess.run(train_cmd(config, data, crashed), capture_output=True, text=True)
@@ -129,8 +130,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
     assert f"resuming {RUN} from step {killed_at}" in r.stdout
     assert_same_weights(ema_weights(full), ema_weights(crashed))
     assert_same_weights(
-        load_checkpoint(full / "checkpoint.pt")["model"],
-        load_checkpoint(crashed / "checkpoint.pt")["model"],
+        read_checkpoint(full / "checkpoint.pt")["model"],
+        read_checkpoint(crashed / "checkpoint.pt")["model"],
     )
     steps = [r["step"] for r in read_log(crashed / "train_log.csv")]
     assert steps == list(range(5, 41, 5)), "the log has each step once after a resume"
@@ -152,14 +153,14 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "Run the same command again to resume" in err
-    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    step = read_checkpoint(out / "checkpoint.pt")["step"]
     assert 0 < step < 400
     total = step + 7 if step % 5 else step + 5  # an interruption between rows, then some more
     write_config(config, checkpoint_every=1000, steps=total)  # more steps may be asked for
     r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"from step {step}" in r.stdout
-    assert load_final(out / "final.pt")["step"] == total
+    assert read_final(out / "final.pt")["step"] == total
 
     straight = tmp_path / "straight"
     assert subprocess.run(train_cmd(config, data, straight), capture_output=True).returncode == 0
@@ -266,7 +267,7 @@ def test_nan_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(GaussianDiffusion, "training_loss", poisoned)
     with pytest.raises(TrainingError, match="at step 13"):
         run_training(config, data, tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 10  # last good one kept
+    assert read_checkpoint(tmp_path / "run/checkpoint.pt")["step"] == 10  # last good one kept
 
 
 def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, tmp_path):

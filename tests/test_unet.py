@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ddpm.config import ModelConfig
-from ddpm.unet import PRESETS, UNet, build_unet, count_parameters, resolve_unet_config
+from ddpm.presets import PRESETS, resolve_unet_config
+from ddpm.unet import build_unet, count_parameters
 
 # Documented sizes (README / ddpm/unet.py): tiny <= 2M; ddpm ~35.7M in the paper, 38.3M with
 # scale-shift time conditioning; base ~60M.
@@ -56,4 +57,9 @@ def test_overrides_and_bad_architectures():
         resolve_unet_config(ModelConfig(preset="tiny", attention_resolutions=(12,)), 32)
     with pytest.raises(ValueError, match="divisible"):
         resolve_unet_config(ModelConfig(preset="ddpm"), 36)
-    assert isinstance(build_unet(ModelConfig(preset="tiny"), 32), UNet)
+    # The overrides reach the network that is built: its width, its attention and its depth.
+    net = build_unet(ModelConfig(preset="tiny", base_channels=16, attention_resolutions=(8,)), 32)
+    assert net.stem.out_channels == 16
+    attention = [m for m in net.modules() if type(m).__name__ == "Attention"]
+    # the middle block's, and at 8 px the one block down and the two blocks up
+    assert len(attention) == 1 + 1 + 2

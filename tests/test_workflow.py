@@ -24,8 +24,7 @@ from conftest import (
     write_config,
 )
 
-from ddpm.sampling import load_final
-from ddpm.train import TIMING_FIELDS, load_checkpoint, read_log
+from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
 
 
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
@@ -144,7 +143,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    interrupted_at = load_checkpoint(checkpoint)["step"]
+    interrupted_at = read_checkpoint(checkpoint)["step"]
     assert 0 < interrupted_at < 400, "the interrupt landed mid-training"
     assert not (project / "results/runs/T~20/final.pt").exists()
     assert _ddpm_processes(project) == []
@@ -170,7 +169,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
         str(straight),
     )
     run = project / "results/runs/T~20"
-    resumed, reference = load_final(run / "final.pt"), load_final(straight / "final.pt")
+    resumed, reference = read_final(run / "final.pt"), read_final(straight / "final.pt")
     for name, tensor in reference["ema"].items():
         assert torch.equal(resumed["ema"][name], tensor), name
     rows = read_log(run / "train_log.csv")

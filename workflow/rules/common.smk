@@ -16,7 +16,11 @@ shell.prefix(
 from snakemake.common.configfile import load_configfile  # noqa: E402
 
 from ddpm import jobstep, stages  # noqa: E402
-from ddpm.config import config_from_dict  # noqa: E402
+from ddpm.config import config_from_dict, load_yaml  # noqa: E402
+
+# Snakemake's YAML reader keeps the last of a key written twice; ours refuses it, naming lines.
+for _path in workflow.configfiles:
+    load_yaml(_path)
 
 # A grid is one experiment design: a --configfile's grid replaces config/config.yaml's instead of
 # adding to its axes (Snakemake merges mappings key by key; every other key is overridden so).
@@ -31,6 +35,7 @@ if workflow.remote_exec:
     jobstep.forward_termination()
 
 CFG = config_from_dict(config)  # raises ConfigError naming the key before any job runs
+stages.check_results_dir(CFG)
 PLAN = stages.plan(CFG)
 STAGES = stages.table(CFG)
 # Settings file name -> text. Nothing is written here: a dry run or --lint writes no file.

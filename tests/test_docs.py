@@ -1,0 +1,79 @@
+"""Documents generated from the declarations: the JSON schema and config/README.md."""
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from ddpm.config import ConfigError, config_from_dict, leaf_keys
+from ddpm.docs import config_reference_markdown, schema_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_schema_file_is_generated_from_the_dataclasses():
+    on_disk = (ROOT / "workflow/schemas/config.schema.yaml").read_text()
+    assert on_disk == schema_yaml(), (
+        "run `python -m ddpm schema --out workflow/schemas/config.schema.yaml`"
+    )
+
+
+def test_schema_agrees_with_the_dataclasses_on_examples():
+    schema = yaml.safe_load(schema_yaml())
+    validator = jsonschema.Draft202012Validator(schema)
+    good = [
+        {},
+        {"grid": {"T": [10, 20]}, "train": {"lr": 1.0e-3}},
+        yaml.safe_load((ROOT / "config/config.yaml").read_text()),
+    ]
+    bad = [
+        {"train": {"stepz": 1}},
+        {"diffusion": {"T": 1}},
+        {"train": {"lr": "1e-4"}},
+        {"diffusion": {"schedule": "quad"}},
+        {"model": {"dropout": 1.0}},
+    ]
+    for raw in good:
+        config_from_dict(raw)
+        validator.validate(raw)
+    for raw in bad:
+        with pytest.raises(ConfigError):
+            config_from_dict(raw)
+        assert list(validator.iter_errors(raw)), raw
+
+
+def test_config_readme_is_generated_and_explains_every_key():
+    text = (ROOT / "config/README.md").read_text()
+    assert text == config_reference_markdown(), (
+        "run `python -m ddpm config-docs --out config/README.md`"
+    )
+    for key in (*leaf_keys(), "grid"):
+        assert f"`{key}`" in text, key
+
+
+def _row(text: str, key: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| `{key}` |"))
+    return [cell.strip() for cell in line.strip("|").split(" | ")]
+
+
+@pytest.mark.parametrize(
+    "key, reruns",
+    [
+        ("report.title", "**report**"),
+        ("sample.eta", "**sample**, evaluate, **summary**, **report**"),
+        ("data.workers", "nothing"),
+        ("sample.batch_size", "nothing"),
+        (
+            "train.steps",
+            "**train**, sample, evaluate, **summary**, **report** (training resumes from its "
+            "checkpoint)",
+        ),
+        (
+            "evaluate.inception_weights",
+            "**inception_weights**, reference_stats, evaluate, summary, report",
+        ),
+    ],
+)
+def test_config_readme_says_what_a_change_to_each_key_reruns(key, reruns):
+    assert _row(config_reference_markdown(), key)[-1] == reruns
