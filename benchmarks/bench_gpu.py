@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, flops_per_image, matmul_flops, rate, repeat, save, sync_of, table  # noqa: E402
 
 from ddpm.config import config_from_dict  # noqa: E402
-from ddpm.devices import autocast  # noqa: E402
+from ddpm.devices import autocast, configure_cuda  # noqa: E402
 from ddpm.metrics import extract_features, load_inception, make_test_inception  # noqa: E402
 from ddpm.model import build, compile_  # noqa: E402
 from ddpm.sampling import ddpm_sample  # noqa: E402
@@ -72,7 +72,7 @@ def _config(sizes: dict, **train):
     )
 
 
-def bench_training(sizes: dict, device: torch.device, peaks: dict) -> list[dict]:
+def bench_training(sizes: dict, device: torch.device, peaks: dict, backend: str) -> list[dict]:
     rows = []
     data = torch.randint(0, 256, (1024, 3, sizes["size"], sizes["size"]), dtype=torch.uint8)
     data = data.to(device)
@@ -85,7 +85,9 @@ def bench_training(sizes: dict, device: torch.device, peaks: dict) -> list[dict]
             cfg = _config(sizes, compile=compiled)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            loop = TrainLoop(cfg, data, device, memory_format=memory_format)
+            loop = TrainLoop(
+                cfg, data, device, memory_format=memory_format, compile_backend=backend
+            )
             timing = _time_steps(loop, sizes["steps"], device)
             images = rate(timing, sizes["steps"] * sizes["batch"])
             images_per_s = images["per_s"]
@@ -118,7 +120,7 @@ def _time_steps(loop: TrainLoop, steps: int, device: torch.device) -> dict:
     return repeat(run, repeats=3, sync=sync_of(device))
 
 
-def bench_sampling(sizes: dict, device: torch.device) -> list[dict]:
+def bench_sampling(sizes: dict, device: torch.device, backend: str) -> list[dict]:
     """ms per DDPM step, from the sampler itself over a short chain (a step costs the same at
     any T: one network call, the posterior and the noise)."""
     cfg = _config(sizes)
@@ -128,7 +130,7 @@ def bench_sampling(sizes: dict, device: torch.device) -> list[dict]:
     for compiled in (False, True):
         nets = build(cfg.model, short, sizes["size"], device, weights=fresh)
         if compiled:
-            nets = compile_(nets, sizes["sample_batch"], "bf16", train=False)
+            nets = compile_(nets, sizes["sample_batch"], "bf16", train=False, backend=backend)
 
         def chain(nets=nets):
             with autocast(device, "bf16"), torch.inference_mode():
@@ -177,20 +179,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    parser.add_argument(
+        "--backend",
+        default="inductor",
+        help="torch.compile backend of the compiled cases (eager: checks the harness without "
+        "generating code; the timings then mean nothing)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_cuda(device)
     sizes = QUICK if args.quick else FULL
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPUs emulate bf16
     peaks = {
         "spec": spec_peak(device),
         "matmul": matmul_flops(device, dtype, 8192 if device.type == "cuda" else 512),
     }
-    training = bench_training(sizes, device, peaks)
-    sampling = bench_sampling(sizes, device)
+    training = bench_training(sizes, device, peaks, args.backend)
+    sampling = bench_sampling(sizes, device, args.backend)
     inception = bench_inception(sizes, device)
     name = "bench_gpu_quick" if args.quick else "bench_gpu"
     path = save(
@@ -198,6 +203,7 @@ def main() -> None:
         {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "sizes": sizes,
+            "compile_backend": args.backend,
             "peak_flops": peaks,
             "training": training,
             "sampling": sampling,

@@ -81,6 +81,10 @@ INCEPTION_URL = (
 RENAMED_VALUES = {"diffusion.schedule": RENAMED}
 
 Device = Literal["auto", "cpu", "cuda"]
+# The diffusion's modes; `ddpm.diffusion` checks its arguments against these same names.
+Objective = Literal["eps", "x0", "v"]
+LossWeighting = Literal["uniform", "min_snr"]
+Variance = Literal["beta_tilde", "beta"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Compile = Literal["auto"] | bool
 
@@ -144,8 +148,8 @@ class DiffusionConfig:
     beta_start: float = setting(1.0e-4, "first beta of the linear schedules", gt=0.0, lt=1.0)
     beta_end: float = setting(2.0e-2, "last beta of the linear schedules", gt=0.0, lt=1.0)
     cosine_s: float = setting(0.008, "offset s of the cosine schedule", ge=0.0, lt=1.0)
-    objective: Literal["eps", "x0", "v"] = setting("eps", "what the network predicts")
-    loss_weighting: Literal["uniform", "min_snr"] = setting(
+    objective: Objective = setting("eps", "what the network predicts")
+    loss_weighting: LossWeighting = setting(
         "uniform", "uniform (L_simple) or min-SNR-gamma weighting"
     )
     min_snr_gamma: float = setting(5.0, "gamma of min-SNR weighting", gt=0.0)
@@ -191,7 +195,7 @@ class SampleConfig:
     method: Literal["ddpm", "ddim"] = setting("ddpm", "ancestral DDPM over all T steps, or DDIM")
     steps: int | None = setting(None, "DDIM steps (null: all T); DDPM always takes T", ge=1)
     eta: float = setting(0.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like", ge=0.0, le=1.0)
-    variance: Literal["beta_tilde", "beta"] = setting(
+    variance: Variance = setting(
         "beta_tilde", "DDPM reverse variance: posterior beta_tilde or beta (Ho et al. sec. 3.2)"
     )
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at each step")

@@ -9,17 +9,15 @@ of the process whatever T is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm.config import LossWeighting, Objective, Variance
 from ddpm.schedules import make_betas
 
-Objective = Literal["eps", "x0", "v"]
-LossWeighting = Literal["uniform", "min_snr"]
-Variance = Literal["beta_tilde", "beta"]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -44,11 +42,14 @@ class GaussianDiffusion(nn.Module):
         min_snr_gamma: float = 5.0,
     ):
         super().__init__()
-        if objective not in ("eps", "x0", "v"):
-            raise ValueError(f"unknown objective {objective!r}; choose eps, x0 or v")
-        if loss_weighting not in ("uniform", "min_snr"):
+        if objective not in get_args(Objective):
             raise ValueError(
-                f"unknown loss weighting {loss_weighting!r}; choose uniform or min_snr"
+                f"unknown objective {objective!r}; choose {', '.join(get_args(Objective))}"
+            )
+        if loss_weighting not in get_args(LossWeighting):
+            raise ValueError(
+                f"unknown loss weighting {loss_weighting!r}; choose "
+                + ", ".join(get_args(LossWeighting))
             )
         betas = betas.double()
         if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):

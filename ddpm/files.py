@@ -53,14 +53,16 @@ def fault(e: OSError, path: str | Path, doing: str = "cannot write") -> FileSyst
     return FileSystemError(f"{doing} {describe_os_error(e, path)}")
 
 
-def check_output_dir(folder: str | Path) -> Path:
+def check_output_dir(folder: str | Path, target: str | Path | None = None) -> Path:
     """Make sure `folder` can be made (or exists) and takes new files, before a stage does
     expensive work whose result would otherwise be lost at the end: a file in the way, a
-    read-only or full file system are refused now, naming the folder. Creates nothing."""
+    read-only or full file system are refused now, naming the folder (or the `target` file to
+    be written in it). Creates nothing."""
     folder = Path(folder)
+    target = Path(target) if target is not None else folder
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
-        where = "" if existing == folder else f", so {folder} cannot be made"
+        where = "" if existing == target else f", so {target} cannot be made"
         raise FileSystemError(f"{existing} is a file{where}; give a folder for the outputs")
     probe = existing / f".write-test.tmp{os.getpid()}"
     try:
@@ -69,7 +71,7 @@ def check_output_dir(folder: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise fault(e, folder) from None
+        raise fault(e, target) from None
     finally:
         probe.unlink(missing_ok=True)
     return folder
@@ -80,7 +82,7 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise FileSystemError(f"{path} is a folder; give the path of a file to write")
-    check_output_dir(path.parent)
+    check_output_dir(path.parent, path)
     return path
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpm.config import Variance
 from ddpm.devices import autocast, select_device
-from ddpm.diffusion import GaussianDiffusion, Model, Variance, extract
+from ddpm.diffusion import GaussianDiffusion, Model, extract
 from ddpm.errors import PipelineError
 from ddpm.files import atomic_write_json, check_output_dir
 from ddpm.images import save_grid

@@ -25,7 +25,7 @@ import torch
 from ddpm import __version__
 from ddpm.config import RESUMABLE, Config, diff_keys
 from ddpm.dataset import load_dataset
-from ddpm.devices import autocast, select_device
+from ddpm.devices import autocast, configure_cuda, select_device
 from ddpm.ema import EMA
 from ddpm.errors import PipelineError
 from ddpm.files import (
@@ -192,15 +192,22 @@ class TrainLoop:
         data: torch.Tensor,
         device: torch.device,
         memory_format: torch.memory_format = MEMORY_FORMAT,
+        compile_backend: str = "inductor",
     ):
         tc = cfg.train
         self.cfg, self.data, self.device = cfg, data, device
-        self.memory_format = memory_format  # another than the default: for benchmarks
+        # Another layout or compiler backend than the defaults: for benchmarks.
+        self.memory_format = memory_format
         torch.manual_seed(tc.seed)  # the network's initial weights and dropout
         nets = build(cfg.model, cfg.diffusion, data.shape[-1], device, memory_format=memory_format)
         if wants_compile(tc.compile, device):
             nets = compile_(
-                nets, tc.batch_size, tc.precision, train=True, memory_format=memory_format
+                nets,
+                tc.batch_size,
+                tc.precision,
+                train=True,
+                memory_format=memory_format,
+                backend=compile_backend,
             )
         self.nets = nets
         self.model, self.diffusion = nets.model, nets.diffusion
@@ -302,10 +309,7 @@ def train(
     out_dir = check_output_dir(out_dir)
     tc = cfg.train
     device = select_device(tc.device, exclusive=True)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_cuda(device)
     data, manifest = load_dataset(data_path, device)
     n_images, size = data.shape[0], data.shape[-1]
     steps = total_steps(cfg, n_images)

@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import http.server
 import io
@@ -241,3 +242,38 @@ def copy_project(src: Path, dest: Path) -> Path:
     """A byte- and time-stamp-exact copy (results, .snakemake and .dvc included)."""
     shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
     return dest
+
+
+# -- a small file system, for full-disk and read-only cases --------------------------------------
+
+
+def _root_only(reason: str) -> None:
+    """Skip where this needs root and has not got it; in CI (CI=true), fail instead: nothing
+    that the issues require may be skipped there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI runs as root and must run this test")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kb: int = 64, *, full: bool = False, read_only: bool = False):
+    """A tmpfs of `size_kb` mounted at `path` for the duration (made and removed as root):
+    filled to the last byte with `full`, remounted read-only with `read_only`."""
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        _root_only(f"mounting a tmpfs needs root ({r.stderr.strip()})")
+    try:
+        if full:
+            with open(path / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -5,7 +5,11 @@ non-zero exit, one `error:` line naming the culprit, no traceback, and no output
 import http.server
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, small_disk
 from PIL import Image
 
 from ddpm.cli import main
 from ddpm.config import config_from_dict
 from ddpm.data import preprocess
+from ddpm.layout import write_samples
 from ddpm.metrics import make_test_inception, reference_stats
 from ddpm.stages import prepare
 from ddpm.train import train
@@ -425,6 +430,152 @@ def case_stale_dvc_yaml(g, t):
     return argv, "dvc.yaml", [out]
 
 
+# -- inputs that used to be accepted silently, or crash (issue 21) ---------------------------------
+
+
+def case_sample_with_another_networks_final_pt(g, t):
+    """The T~30 variant given T~20's network: it would sample T~20 under T~30's name."""
+    cfg = _config(t, grid={"T": [20, 30]})
+    out = t / "variant"
+    argv = ["sample", "--config", cfg, "--run", "T~30", "--ckpt", g / "run/final.pt", "--out", out]
+    return argv, "is network T~20, not T~30", [out]
+
+
+def case_final_pt_trained_with_other_settings(g, t):
+    cfg = _config(t, train={"lr": 1.0e-3})
+    out = t / "variant"
+    argv = ["sample", "--config", cfg, "--run", NETWORK, "--ckpt", g / "run/final.pt", "--out", out]
+    return argv, "other training settings", [out]
+
+
+def case_two_sections_of_the_same_name(g, t):
+    text = yaml.safe_dump(CONFIG) + "train:\n  steps: 50000\n"
+    (t / "c.yaml").write_text(text)
+    first, second = [i + 1 for i, line in enumerate(text.splitlines()) if line == "train:"]
+    return (
+        ["runs", "--config", t / "c.yaml"],
+        f"line {second}: key 'train' is written twice in one mapping (first on line {first})",
+        [],
+    )
+
+
+def case_a_key_written_twice_in_a_section(g, t):
+    (t / "c.yaml").write_text("train:\n  steps: 3\n  lr: 1.0e-3\n  steps: 4\n")
+    return (
+        ["runs", "--config", t / "c.yaml"],
+        "line 4: key 'steps' is written twice in one mapping (first on line 2)",
+        [],
+    )
+
+
+def case_samples_of_another_image_size(g, t):
+    np.savez(t / "s.npz", images=np.zeros((8, 3, 64, 64), np.uint8))
+    argv, outs = _evaluate(g, t, samples=t / "s.npz")
+    return argv, "64 px images but", outs
+
+
+def case_samples_of_a_network_trained_on_another_dataset(g, t):
+    record = {"network": NETWORK, "variant": "default", "dataset_sha256": "0" * 64}
+    write_samples(t / "s.npz", np.zeros((8, 3, 16, 16), np.uint8), record)
+    argv, outs = _evaluate(g, t, samples=t / "s.npz")
+    return argv, "another dataset", outs
+
+
+def case_samples_of_another_variant(g, t):
+    manifest = json.loads((g / "data.json").read_text())
+    record = {"network": "T~30", "variant": "default", "dataset_sha256": manifest["sha256"]}
+    write_samples(t / "s.npz", np.zeros((8, 3, 16, 16), np.uint8), record)
+    argv, outs = _evaluate(g, t, samples=t / "s.npz")
+    return argv, "samples of T~30/default, not of T~20/default", outs
+
+
+def case_reference_of_another_version(g, t):
+    torch.save({"pool": torch.zeros(4, 8)}, t / "ref.pt")
+    argv, outs = _evaluate(g, t, reference=t / "ref.pt")
+    return argv, "not a reference file", outs
+
+
+def case_infinite_weight_decay(g, t):
+    (t / "c.yaml").write_text("train:\n  weight_decay: .inf\n")
+    return ["runs", "--config", t / "c.yaml"], "train.weight_decay: inf is not a finite number", []
+
+
+def case_infinite_epochs(g, t):
+    (t / "c.yaml").write_text("train:\n  epochs: .inf\n")
+    return ["runs", "--config", t / "c.yaml"], "train.epochs", []
+
+
+def case_nan_learning_rate(g, t):
+    (t / "c.yaml").write_text("train:\n  lr: .nan\n")
+    return ["runs", "--config", t / "c.yaml"], "train.lr: nan is not a finite number", []
+
+
+def case_latin1_config(g, t):
+    (t / "c.yaml").write_bytes("report:\n  title: Fleurs d'été\n".encode("latin-1"))
+    return ["runs", "--config", t / "c.yaml"], "is not UTF-8 text (byte 0xe9", []
+
+
+def case_tab_indentation(g, t):
+    (t / "c.yaml").write_text("train:\n  steps: 3\n\tlr: 1.0e-3\n")
+    return ["runs", "--config", t / "c.yaml"], "c.yaml, line 3, column 1", []
+
+
+def case_config_is_a_folder(g, t):
+    (t / "c.yaml").mkdir()
+    return ["runs", "--config", t / "c.yaml"], "is a directory", []
+
+
+def case_unknown_grid_key_suggests_the_nearest(g, t):
+    cfg = _config(t, grid={"schedul": ["linear", "cosine"]})
+    return ["runs", "--config", cfg], "did you mean 'schedule'", []
+
+
+def case_unknown_section_key_suggests_the_nearest(g, t):
+    return ["runs", "--config", _config(t, train={"batchsize": 8})], "did you mean 'batch_size'", []
+
+
+def case_download_with_synthetic_data(g, t):
+    out = t / "raw"
+    argv = ["download", "--config", g / "config.yaml", "--out", out]
+    return argv, "data.source is 'flowers102'; this config's data.source is 'synthetic'", [out]
+
+
+def case_sample_out_is_a_file(g, t):
+    (t / "variant").write_text("a file")
+    argv = ["sample", "--config", g / "config.yaml", "--ckpt", g / "run/final.pt"]
+    return argv + ["--out", t / "variant"], "variant is a file", []
+
+
+def case_evaluate_out_below_a_file(g, t):
+    (t / "blocker").write_text("a file")
+    argv, _ = _evaluate(g, t)
+    argv[-1] = t / "blocker/variant"
+    return argv, "blocker is a file, so", []
+
+
+def case_report_out_is_a_folder(g, t):
+    (t / "report.html").mkdir()
+    argv = ["report", "--config", g / "config.yaml", "--runs", g / "runs"]
+    return argv + ["--out", t / "report.html"], "report.html is a folder", []
+
+
+def case_settings_out_is_a_file(g, t):
+    (t / "settings").write_text("a file")
+    argv = ["settings", "--config", g / "config.yaml", "--out", t / "settings"]
+    return argv, "settings", []
+
+
+def case_preprocess_out_below_a_file(g, t):
+    (t / "data").write_text("a file")
+    argv = ["preprocess", "--config", g / "config.yaml", "--out", t / "data/dataset.npy"]
+    return argv, "data is a file, so", []
+
+
+def case_schema_out_below_a_file(g, t):
+    (t / "schemas").write_text("a file")
+    return ["schema", "--out", t / "schemas/config.schema.yaml"], "schemas", []
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
@@ -441,3 +592,113 @@ def test_a_bad_input_is_refused_clearly_and_leaves_nothing(good, tmp_path, capsy
     for path in outputs:
         assert not Path(path).exists(), f"{name}: left {path} behind"
     assert not list(tmp_path.rglob(".*.tmp*")), f"{name}: left a temporary file behind"
+
+
+# -- the operating system says no: a full disk, a read-only folder -------------------------------
+# Every command that writes, with its output on a tmpfs that is full or read-only: one line that
+# names the output and the cause, exit code 1, and nothing of it left behind.
+
+
+def _writers(g: Path, out: Path, fake_flowers_cfg: Path) -> dict[str, list]:
+    cfg = g / "config.yaml"
+    return {
+        "settings": ["settings", "--config", cfg, "--out", out / "settings"],
+        "dvc-yaml": ["dvc-yaml", "--config", cfg, "--out", out / "dvc.yaml"],
+        "schema": ["schema", "--out", out / "config.schema.yaml"],
+        "config-docs": ["config-docs", "--out", out / "README.md"],
+        "download": ["download", "--config", fake_flowers_cfg, "--out", out / "raw"],
+        "preprocess": ["preprocess", "--config", cfg, "--out", out / "data.npy"],
+        "inception-weights": ["inception-weights", "--config", cfg, "--out", out / "w.pth"],
+        "make-test-inception": ["make-test-inception", "--out", out / "w.pth"],
+        "reference-stats": [
+            "reference-stats",
+            "--config",
+            cfg,
+            "--data",
+            g / "data.npy",
+            "--weights",
+            g / "weights.pth",
+            "--out",
+            out / "reference.pt",
+        ],
+        "train": ["train", "--config", cfg, "--data", g / "data.npy", "--out", out / "run"],
+        "sample": ["sample", "--config", cfg, "--ckpt", g / "run/final.pt", "--out", out / "v"],
+        "evaluate": _evaluate(g, out)[0][:-1] + [out / "v"],
+        "summary": ["summary", "--config", cfg, "--runs", g / "runs", "--out", out / "s.csv"],
+        "report": ["report", "--config", cfg, "--runs", g / "runs", "--out", out / "r.html"],
+    }
+
+
+WRITERS = list(_writers(Path("g"), Path("o"), Path("c")))
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_full_or_read_only_disk_is_one_line_naming_the_output(
+    good, tmp_path, capsys, fake_flowers, command, fault
+):
+    server, md5s = fake_flowers
+    flowers = _config(tmp_path, data={"source": "flowers102", "base_url": server.url, "md5": md5s})
+    with small_disk(tmp_path / "disk", full=fault == "full", read_only=fault == "read-only") as d:
+        argv = _writers(good, d / "out", flowers)[command]
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        cause = "no space left on the disk" if fault == "full" else "the file system is read-only"
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+        assert cause in lines[0] and str(d / "out") in lines[0], lines[0]
+        assert not (d / "out").exists(), "nothing is left behind"
+
+
+def test_a_disk_that_fills_up_while_writing_names_the_file_and_keeps_no_part(good, tmp_path):
+    """The early check passes (a block is free), the report does not fit: the error names
+    report.html, not its temporary, and no temporary stays."""
+    with small_disk(tmp_path / "disk", size_kb=16) as d:
+        argv = ["report", "--config", good / "config.yaml", "--runs", good / "runs"]
+        code = main([str(a) for a in [*argv, "--out", d / "report.html"]])
+        assert code == 1
+        assert list(d.iterdir()) == []
+
+
+def test_preprocessing_onto_a_disk_too_small_says_how_much_it_needs(tmp_path, capsys):
+    """Folder preprocessing decodes into a memory map of the output; on a disk that cannot hold
+    it, writing into the mapping used to kill the process with SIGBUS, without a message and
+    with the temporary left to fill the disk. The space is now reserved first."""
+    folder = _images(tmp_path / "imgs", n=40)
+    cfg = _config(tmp_path, data={"source": "folder", "folder": str(folder), "image_size": 32})
+    with small_disk(tmp_path / "disk", size_kb=64) as d:  # 40 x 3 x 32 x 32 = 123 kB
+        capsys.readouterr()
+        code = main(["preprocess", "--config", str(cfg), "--out", str(d / "data.npy")])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err, err
+        assert f"cannot write {d / 'data.npy'}: it needs 0.1 MB and" in err
+        assert list(d.iterdir()) == []
+
+
+def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp_path):
+    cfg = _config(tmp_path, data={"synthetic_count": 200_000, "image_size": 64})
+    out = tmp_path / "out/data.npy"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddpm", "preprocess", "--config", str(cfg), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    try:
+        seen = ""
+        while "synthetic" not in seen:  # the progress bar: it is working
+            seen += proc.stderr.read(1)
+            assert proc.poll() is None, seen
+        os.killpg(proc.pid, signal.SIGINT)
+        err = seen + proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: preprocess interrupted (Ctrl-C); nothing half-written was kept. Run the same "
+        "command again to redo it."
+    ]
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.rglob(".*.tmp*"))

@@ -1,26 +1,18 @@
 """dvc.yaml: rendered from the stage table for the config, the same runs and paths as Snakemake,
-refusing to run when stale, and a real `dvc repro` / `dvc push` / fresh clone / `dvc pull`
-round trip after which both tools agree that nothing is to do."""
+and refusing to run when stale. The `dvc repro` / `dvc push` / fresh clone / `dvc pull` round
+trip is executed once, as the baseline of test_pipeline.py."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import (
     ENV,
-    GIT,
     ROOT,
     TINY,
-    commit,
     dvc,
-    dvc_changed_stages,
-    dvc_repro,
     make_project,
-    planned_jobs,
-    run_tool,
     snakemake,
     write_config,
 )
@@ -115,54 +107,3 @@ def test_a_stale_dvc_yaml_refuses_to_run(tmp_path):
         r.stdout + r.stderr
     )
     assert not (project / "results/data").exists(), "no stage after `settings` ran"
-
-
-@pytest.mark.slow
-def test_dvc_round_trip_through_a_fresh_clone(tmp_path):
-    """`dvc repro`, `dvc push`, a fresh clone, `dvc pull`: DVC finds everything up to date,
-    and after the documented `snakemake --touch --forceall --cores 1` Snakemake does too, and
-    goes on to notice later edits."""
-    project = make_project(tmp_path / "project", TINY, dvc=True)
-    assert dvc_repro(project)[0] == "settings"
-    assert dvc_changed_stages(project) == set()
-    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
-    dvc(project, "push")
-    commit(project, "results")
-
-    clone = tmp_path / "clone"
-    run_tool(tmp_path, *GIT, "clone", "-q", str(project), str(clone))
-    assert not (clone / "results").exists()
-    dvc(clone, "pull")
-    assert dvc_changed_stages(clone) == set()
-    for name in ("results/runs/T~20/final.pt", "results/runs/T~20/default/metrics.json"):
-        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
-
-    snakemake(clone, "--touch", "--forceall", "--cores", "1")
-    assert planned_jobs(clone) == {}
-    cfg = {**TINY, "report": {**TINY["report"], "title": "After the pull"}}
-    write_config(clone, cfg)
-    assert planned_jobs(clone) == {"settings": 1, "report": 1, "all": 1}
-
-    # `dvc metrics show` prints numbers only; one plot compares the runs' loss curves.
-    metrics = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
-    values = [
-        v for rev in metrics.values() for f in rev["data"].values() for v in f["data"].values()
-    ]
-    assert values and all(type(v) in (int, float) for v in values), values
-    plot = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]["Training loss"]
-    rows = plot[0]["content"]["data"]["values"]
-    assert {row["filename"] for row in rows} == {"T~20/train_log.csv", "T~30/train_log.csv"}
-    assert {row["step"] for row in rows} == {"3", "6"}
-
-
-@pytest.mark.slow
-def test_dvc_commit_after_snakemake_leaves_both_tools_with_nothing_to_do(tmp_path):
-    """The documented Snakemake -> DVC step: `dvc commit --force` records Snakemake's results
-    without rerunning anything, non-interactively; Snakemake then has nothing to do either."""
-    project = make_project(tmp_path, {**TINY, "grid": {"T": [20]}}, dvc=True)
-    snakemake(project, "--cores", "2")
-    r = dvc(project, "commit", "--force")
-    assert "Running stage" not in r.stdout
-    assert dvc_changed_stages(project) == set()
-    assert planned_jobs(project) == {}
-    assert dvc_repro(project) == []

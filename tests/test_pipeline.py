@@ -2,11 +2,13 @@
 change reruns exactly what it should (nothing for a change that cannot alter a result), and the
 result of each rerun is complete and current.
 
-One baseline project is run once by Snakemake and recorded by DVC (`dvc commit`, the documented
-Snakemake -> DVC step); each case edits a byte-exact copy of it (at another path, so every case
-also checks that moving the project reruns nothing), then plans and runs it with each tool. An
-edit of a shared setting affects every network alike, so one network suffices here; edits of
-the grid itself are tested in test_workflow.py.
+One baseline is made once, the way a team shares results: `dvc repro` in one checkout, `dvc
+push`, a fresh clone, `dvc pull`, the documented `snakemake --touch --forceall` and `dvc commit
+--force`, after which both tools must have nothing to do. Each case edits a byte-exact copy of
+that clone (at another path, so every case also checks that moving the project reruns
+nothing), then plans and runs it with each tool, and after a Snakemake run records it with
+`dvc commit --force`. An edit of a shared setting affects every network alike, so one network
+suffices here; edits of the grid itself are tested in test_workflow.py.
 """
 
 import copy
@@ -15,7 +17,9 @@ import json
 import pytest
 import yaml
 from conftest import (
+    GIT,
     TINY,
+    commit,
     copy_project,
     dvc,
     dvc_changed_stages,
@@ -31,13 +35,57 @@ CONFIG = {**TINY, "grid": {"T": [20]}}
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("baseline"), CONFIG, dvc=True)
-    snakemake(project, "--cores", "2")
-    dvc(project, "commit", "--force")
-    assert planned_jobs(project) == {}
+def shared(tmp_path_factory):
+    """(the checkout that ran `dvc repro` and pushed, the fresh clone that pulled)."""
+    root = tmp_path_factory.mktemp("shared")
+    project = make_project(root / "project", CONFIG, dvc=True)
+    assert dvc_repro(project)[0] == "settings"
     assert dvc_changed_stages(project) == set()
-    return project
+    dvc(project, "remote", "add", "-d", "storage", str(root / "remote"))
+    dvc(project, "push")
+    commit(project, "results")
+
+    clone = root / "clone"
+    run_tool(root, *GIT, "clone", "-q", str(project), str(clone))
+    assert not (clone / "results").exists()
+    dvc(clone, "pull")
+    assert dvc_changed_stages(clone) == set()
+    snakemake(clone, "--touch", "--forceall", "--cores", "1")
+    assert planned_jobs(clone) == {}
+    r = dvc(clone, "commit", "--force")
+    assert "Running stage" not in r.stdout
+    assert dvc_changed_stages(clone) == set() and planned_jobs(clone) == {}
+    return project, clone
+
+
+@pytest.fixture(scope="module")
+def baseline(shared):
+    return shared[1]
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path):
+    """After `dvc pull` the clone holds the very files the first checkout made, `dvc metrics
+    show` prints numbers only, one plot compares the loss curves, and Snakemake, after the
+    documented `--touch`, notices a later edit."""
+    project, clone = shared
+    for name in ("results/runs/T~20/final.pt", "results/runs/T~20/default/metrics.json"):
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+    assert dvc_repro(clone) == []
+
+    metrics = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
+    values = [
+        v for rev in metrics.values() for f in rev["data"].values() for v in f["data"].values()
+    ]
+    assert values and all(type(v) in (int, float) for v in values), values
+    plot = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]["Training loss"]
+    rows = plot[0]["content"]["data"]["values"]
+    assert {row["step"] for row in rows} == {"3", "6"}
+
+    moved = copy_project(clone, tmp_path / "moved")
+    cfg = {**CONFIG, "report": {**CONFIG["report"], "title": "After the pull"}}
+    write_config(moved, cfg)
+    assert planned_jobs(moved) == {"settings": 1, "report": 1, "all": 1}
 
 
 def edit_config(section: str, **values):
@@ -165,6 +213,11 @@ def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case)
     if not jobs:
         assert after == before, "nothing was rewritten"
     assert_current(project, tmp_path)
+
+    # The documented Snakemake -> DVC step records the rerun without running anything.
+    r = dvc(project, "commit", "--force")
+    assert "Running stage" not in r.stdout
+    assert dvc_changed_stages(project) == set() and planned_jobs(project) == {}
 
 
 @pytest.mark.slow
