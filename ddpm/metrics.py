@@ -364,7 +364,7 @@ def check_compatible(
             f"{data[:12]}...) than {reference} describes ({ref['dataset_sha256'][:12]}...); "
             "compute the reference for that dataset, or sample a network trained on this one"
         )
-    variant = record.get("network") and f"{record['network']}/{record.get('variant')}"
+    variant = record.get("run")
     if expected_variant and variant and variant != expected_variant:
         raise MetricsError(
             f"{samples} holds the samples of {variant}, not of {expected_variant}; give that "

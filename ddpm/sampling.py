@@ -302,7 +302,7 @@ def generate(
 
     record = {
         "network": state["network"],
-        "variant": variant,
+        "run": variant,  # network/variant
         "dataset_sha256": state["dataset_sha256"],
         "image_size": size,
         "seed": sc.seed,

@@ -217,7 +217,7 @@ def dvc(project: Path, *args, check: bool = True) -> subprocess.CompletedProcess
 
 def planned_jobs(project: Path, *args) -> dict[str, int]:
     """The jobs `snakemake -n` plans, by rule ({} when there is nothing to do)."""
-    r = snakemake(project, "-n", "--quiet", "rules", *args)
+    r = snakemake(project, "-n", *args, "--quiet", "rules")
     out = r.stdout + r.stderr
     if "Nothing to be done" in out:
         return {}

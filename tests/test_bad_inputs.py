@@ -448,6 +448,22 @@ def case_final_pt_trained_with_other_settings(g, t):
     return argv, "other training settings", [out]
 
 
+def case_checkpoint_of_another_network(g, t):
+    """T~20's checkpoint.pt in the folder where T~30 trains: resuming it would train T~20."""
+    (t / "run").mkdir()
+    shutil.copy(g / "run/checkpoint.pt", t / "run/checkpoint.pt")
+    cfg = _config(t, grid={"T": [20, 30]})
+    argv = ["train", "--config", cfg, "--run", "T~30", "--data", g / "data.npy"]
+    return (
+        argv + ["--out", t / "run"],
+        "belongs to another training (diffusion.T changed)",
+        [
+            t / "run/final.pt",
+            t / "run/train_log.csv",
+        ],
+    )
+
+
 def case_two_sections_of_the_same_name(g, t):
     text = yaml.safe_dump(CONFIG) + "train:\n  steps: 50000\n"
     (t / "c.yaml").write_text(text)
@@ -475,7 +491,7 @@ def case_samples_of_another_image_size(g, t):
 
 
 def case_samples_of_a_network_trained_on_another_dataset(g, t):
-    record = {"network": NETWORK, "variant": "default", "dataset_sha256": "0" * 64}
+    record = {"run": f"{NETWORK}/default", "dataset_sha256": "0" * 64}
     write_samples(t / "s.npz", np.zeros((8, 3, 16, 16), np.uint8), record)
     argv, outs = _evaluate(g, t, samples=t / "s.npz")
     return argv, "another dataset", outs
@@ -483,7 +499,7 @@ def case_samples_of_a_network_trained_on_another_dataset(g, t):
 
 def case_samples_of_another_variant(g, t):
     manifest = json.loads((g / "data.json").read_text())
-    record = {"network": "T~30", "variant": "default", "dataset_sha256": manifest["sha256"]}
+    record = {"run": "T~30/default", "dataset_sha256": manifest["sha256"]}
     write_samples(t / "s.npz", np.zeros((8, 3, 16, 16), np.uint8), record)
     argv, outs = _evaluate(g, t, samples=t / "s.npz")
     return argv, "samples of T~30/default, not of T~20/default", outs

@@ -208,6 +208,7 @@ def _slurm_jobs() -> list[dict]:
 def test_the_sweep_runs_through_slurm_and_a_cancelled_training_resumes(cluster, tmp_path):
     cfg = {
         **TINY,
+        "grid": {"T": [20]},
         "train": {**TINY["train"], "steps": STEPS, "log_every": 10, "checkpoint_every": 1000},
     }
     project = make_project(tmp_path / "cluster", cfg)
@@ -245,7 +246,7 @@ def test_the_sweep_runs_through_slurm_and_a_cancelled_training_resumes(cluster, 
         _check_the_cluster_run(project, proc, before)
         # The same results as the local run of the same config.
         assert local_run.wait(timeout=600) == 0
-        for network in ("T~20", "T~30"):
+        for network in ("T~20",):
             name = f"results/runs/{network}/default/metrics.json"
             local_metrics = json.loads((local / name).read_text())
             assert json.loads((project / name).read_text()) == local_metrics, network
@@ -279,14 +280,13 @@ def _check_the_cluster_run(project: Path, proc: subprocess.Popen, before: set[st
     for rule, count in (
         ("preprocess", 1),
         ("reference_stats", 1),
-        ("sample", 2),
-        ("evaluate", 2),
+        ("sample", 1),
+        ("evaluate", 1),
         ("summary", 1),
         ("report", 1),
     ):
         assert sum(c.startswith(f"rule_{rule}") for c in rules) == count, rules
     assert sum(c.startswith("rule_train") and "T~20" in c for c in rules) == 2, rules
-    assert sum(c.startswith("rule_train") and "T~30" in c for c in rules) == 1, rules
     assert {j["state"] for j in jobs if j["id"] != running[0]["id"]} == {"COMPLETED"}
     assert output.count("has been submitted with SLURM jobid") == len(jobs)
     # The GPU requests reached the scheduler, not stripped: every training, sampling and
