@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import yaml
 
 from ddpm.errors import PipelineError
-from ddpm.files import atomic_write_bytes
+from ddpm.files import atomic_write_bytes, check_output_dir, check_output_file
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:
@@ -65,6 +65,7 @@ def cmd_config_docs(args) -> None:
 
 def _write_or_print(text: str, out: str | None) -> None:
     if out:
+        check_output_file(out)
         atomic_write_bytes(out, text.encode())
     else:
         sys.stdout.write(text)
@@ -108,6 +109,7 @@ def cmd_settings(args) -> None:
         from ddpm.dvcfile import check_current
 
         check_current(args.config, args.dvc_yaml)
+    check_output_dir(args.out)
     names = write_all_settings(cfg, args.out)
     print(f"wrote {len(names)} settings files to {args.out}")
 

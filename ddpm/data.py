@@ -40,6 +40,7 @@ from ddpm.files import (
     fault,
     file_digest,
     free_bytes,
+    make_folders,
 )
 from ddpm.layout import manifest_path
 
@@ -118,6 +119,7 @@ def download(
     md5 of each file.
     """
     out_dir = check_output_dir(out_dir)
+    _local(out_dir, make_folders, out_dir)
     for name, expected in data_cfg.md5.items():
         dest = out_dir / name
         if dest.exists():

@@ -3,6 +3,7 @@ and the one place that turns the operating system's refusals into messages that 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -67,13 +68,14 @@ def check_output_dir(folder: str | Path, target: str | Path | None = None) -> Pa
     probe = existing / f".write-test.tmp{os.getpid()}"
     try:
         with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)  # a block: an empty file fits on a full disk
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(b"\0" * 4096)  # a block: an empty file fits on a full disk
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                probe.unlink()
     except OSError as e:
         raise fault(e, target) from None
-    finally:
-        probe.unlink(missing_ok=True)
     return folder
 
 
@@ -106,12 +108,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     `path`, never the temporary. Temporaries of `path` that a killed process left are removed
     first."""
     path = Path(path)
+    created = []  # folders made for `path`, removed again if it is not written
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_folders(path.parent)
         remove_stale_temporaries(path.parent, path.name)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     except OSError as e:
+        _remove_empty(created)
         raise fault(e, path) from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -120,12 +124,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise fault(e, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        _remove_empty(created)
+        if isinstance(e, OSError):
+            raise fault(e, path) from None
         raise
+
+
+def make_folders(folder: str | Path) -> list[Path]:
+    """`mkdir -p folder`; returns the folders it made, outermost first."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    for p in missing:
+        p.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in reversed(folders):
+        with contextlib.suppress(OSError):
+            p.rmdir()
 
 
 _TEMPORARY = re.compile(r"^\.(.+)\.tmp(\d+)$")

@@ -150,7 +150,12 @@ TINY = {
 
 # The tools run `python -m ddpm` and `snakemake` from this environment, as for a user whose
 # virtual environment is active.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+# DVC would also start a process after each command to send usage analytics; tests send none.
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+}
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 

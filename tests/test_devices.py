@@ -36,21 +36,29 @@ def test_jobs_that_each_see_their_own_card_as_device_0_do_not_wait_for_each_othe
 
 
 def test_a_claim_waits_while_another_process_holds_the_card(locks):
+    """The holder keeps its card until told to end; the second job says it waits, then claims
+    the card as soon as the holder has ended (however slowly either starts)."""
     env = {**os.environ, "DDPM_GPU_LOCK_DIR": str(locks)}
     code = (
-        "import time; from ddpm import devices; devices.claim_gpu(['GPU-1111aaaa'], poll_s=0.1); "
-        "print('claimed', flush=True); time.sleep({})"
+        "import sys; from ddpm import devices; devices.claim_gpu(['GPU-1111aaaa'], poll_s=0.1); "
+        "print('claimed', flush=True); sys.stdin.readline()"
     )
 
-    def job(seconds):
-        command = [sys.executable, "-c", code.format(seconds)]
-        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    def job():
+        command = [sys.executable, "-c", code]
+        return subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
 
-    with job(2) as holder:  # closes its pipe and waits for it, whatever happens
+    with job() as holder, job() as waiter:  # each closes its pipes and is waited for
         assert holder.stdout.readline().strip() == "claimed"
-        out, _ = job(0).communicate(timeout=60)
-        assert out.splitlines() == [
-            "all 1 GPUs are in use by other ddpm processes; waiting",
-            "claimed",  # once the holder ended
-        ]
-        assert holder.wait(timeout=10) == 0
+        assert waiter.stdout.readline().strip() == (
+            "all 1 GPUs are in use by other ddpm processes; waiting"
+        )
+        holder.stdin.write("end\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+        assert waiter.stdout.readline().strip() == "claimed"  # once the holder ended
+        waiter.stdin.write("end\n")
+        waiter.stdin.flush()
+        assert waiter.wait(timeout=60) == 0
