@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm.config import LossWeighting, Objective, Variance
-from ddpm.schedules import make_betas
+from ddpm.schedules import betas_of
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -246,7 +246,5 @@ class GaussianDiffusion(nn.Module):
 
 def build_diffusion(cfg) -> GaussianDiffusion:
     """A `GaussianDiffusion` from a `DiffusionConfig`."""
-    betas = make_betas(
-        cfg.schedule, cfg.T, beta_start=cfg.beta_start, beta_end=cfg.beta_end, cosine_s=cfg.cosine_s
-    )
+    betas = torch.from_numpy(betas_of(cfg))
     return GaussianDiffusion(betas, cfg.objective, cfg.loss_weighting, cfg.min_snr_gamma)

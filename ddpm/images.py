@@ -7,22 +7,24 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ddpm.files import atomic_write_bytes
 
 
-def grid(images: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [N x 3 x H x W] -> one uint8 [rows*(H+pad)+pad x cols*(W+pad)+pad x 3] image."""
-    images = torch.as_tensor(images)
-    if images.dtype != torch.uint8:
+def grid(images, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N x 3 x H x W] (an array, or a tensor on any device) -> one uint8
+    [rows*(H+pad)+pad x cols*(W+pad)+pad x 3] image."""
+    if hasattr(images, "cpu"):  # a torch tensor, perhaps on a GPU
+        images = images.cpu()
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
         raise ValueError("grid expects uint8 images")
     n, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
     canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(images.cpu().numpy()):
+    for i, img in enumerate(images):
         r, col = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         canvas[y : y + h, x : x + w] = img.transpose(1, 2, 0)

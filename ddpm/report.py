@@ -18,10 +18,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddpm.config import Config, config_hash, to_dict
-from ddpm.diffusion import build_diffusion
 from ddpm.files import atomic_write_bytes, check_output_file
 from ddpm.images import grid, png_bytes
 from ddpm.layout import (
@@ -33,7 +31,7 @@ from ddpm.layout import (
     read_log,
     read_samples,
 )
-from ddpm.schedules import terminal_stats
+from ddpm.schedules import betas_of, terminal_stats
 from ddpm.stages import plan
 
 COLUMNS = [
@@ -105,7 +103,7 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
             "objective": dc.objective,
             "sampler": variant.config.sample.method,
             "seed_setting": all(getattr(dc, k) == v for k, v in SEED_SETTING.items()),
-            **terminal_stats(build_diffusion(dc).betas),
+            **terminal_stats(betas_of(dc)),
         }
         missing = [
             name
@@ -224,7 +222,7 @@ def _plots(
         if key in seen:
             continue
         seen.add(key)
-        ab = build_diffusion(dc).alphas_cumprod.numpy()
+        ab = np.cumprod(1.0 - betas_of(dc))
         x = np.arange(1, dc.T + 1) / dc.T
         label = f"{dc.schedule}, T={dc.T}"
         a1.plot(x, ab, label=label)
@@ -380,7 +378,7 @@ def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
     return _figure_uri(fig)
 
 
-def _samples(path: Path, n: int) -> torch.Tensor | None:
+def _samples(path: Path, n: int):
     """The first `n` samples of a variant; None while they are missing or unreadable."""
     try:
         return read_samples(path, limit=n)[0]
@@ -388,8 +386,11 @@ def _samples(path: Path, n: int) -> torch.Tensor | None:
         return None
 
 
-def _nearest(samples: torch.Tensor, train: torch.Tensor, k: int) -> list[tuple[int, list]]:
-    """For each sample, the k training images closest in pixel space: (index, [(j, distance)])."""
+def _nearest(samples, train, k: int) -> list[tuple[int, list]]:
+    """For each sample, the k training images closest in pixel space: (index, [(j, distance)]);
+    samples and images are uint8 tensors."""
+    import torch
+
     x = samples.flatten(1).float() / 255
     out = []
     dists = torch.cat(
@@ -401,7 +402,9 @@ def _nearest(samples: torch.Tensor, train: torch.Tensor, k: int) -> list[tuple[i
     return out
 
 
-def _memorisation(samples: torch.Tensor, train: torch.Tensor, rc) -> dict:
+def _memorisation(samples, train, rc) -> dict:
+    import torch
+
     picks = samples[: rc.memorisation_samples]
     tiles, distances = [], []
     for i, neighbours in _nearest(picks, train, rc.nearest_neighbours):

@@ -111,8 +111,24 @@ def _logistic(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def betas_of(diffusion_cfg) -> np.ndarray:
+    """The betas a `DiffusionConfig` describes, float64 [T] (NumPy: the summary and the report
+    read schedules without loading torch)."""
+    d = diffusion_cfg
+    return schedule_betas(
+        d.schedule, d.T, beta_start=d.beta_start, beta_end=d.beta_end, cosine_s=d.cosine_s
+    )
+
+
 def make_betas(name: str, T: int, **params: float) -> torch.Tensor:
     """The beta schedule `name` with T steps, float64 [T]; `params` are `ScheduleParams`."""
+    import torch
+
+    return torch.from_numpy(schedule_betas(name, T, **params))
+
+
+def schedule_betas(name: str, T: int, **params: float) -> np.ndarray:
+    """`make_betas` as a NumPy array."""
     if not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T!r}")
     if name not in SCHEDULES:
@@ -123,9 +139,7 @@ def make_betas(name: str, T: int, **params: float) -> torch.Tensor:
     betas = SCHEDULES[name](T, ScheduleParams(**params))
     if not bool(((betas > 0) & (betas < 1)).all()):
         raise ValueError(f"{name} schedule with T={T} produced betas outside (0, 1)")
-    import torch
-
-    return torch.from_numpy(betas)
+    return betas
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
@@ -141,13 +155,14 @@ def snr(betas: torch.Tensor) -> torch.Tensor:
     return ab / (1.0 - ab)
 
 
-def terminal_stats(betas: torch.Tensor) -> dict[str, float]:
-    """Where the schedule ends: alpha_bar_T, the terminal SNR and its log.
+def terminal_stats(betas) -> dict[str, float]:
+    """Where the schedule ends: alpha_bar_T, the terminal SNR and its log (betas: a tensor or
+    an array).
 
     Sampling starts from pure noise, which matches the training distribution only when
     alpha_bar_T is close to 0; values above ~1e-3 leave visible signal at t = T.
     """
-    ab_T = float(alphas_cumprod(betas)[-1])
+    ab_T = float(np.prod(1.0 - np.asarray(betas, dtype=np.float64)))
     return {
         "alpha_bar_T": ab_T,
         "terminal_snr": ab_T / (1.0 - ab_T),
