@@ -20,8 +20,9 @@ demo: $(STAMP)
 		--set-threads train=1 sample=1
 	@echo "Done: open results/demo/report.html (the same table as CSV: results/demo/summary.csv)"
 
+# Tests run side by side, one per core: most of their time is one-core subprocess chains.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -50,15 +50,16 @@ def test_a_claim_waits_while_another_process_holds_the_card(locks):
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
 
-    with job() as holder, job() as waiter:  # each closes its pipes and is waited for
+    with job() as holder:  # each closes its pipes and is waited for, whatever happens
         assert holder.stdout.readline().strip() == "claimed"
-        assert waiter.stdout.readline().strip() == (
-            "all 1 GPUs are in use by other ddpm processes; waiting"
-        )
-        holder.stdin.write("end\n")
-        holder.stdin.flush()
-        assert holder.wait(timeout=60) == 0
-        assert waiter.stdout.readline().strip() == "claimed"  # once the holder ended
-        waiter.stdin.write("end\n")
-        waiter.stdin.flush()
-        assert waiter.wait(timeout=60) == 0
+        with job() as waiter:  # started only once the card is held
+            assert waiter.stdout.readline().strip() == (
+                "all 1 GPUs are in use by other ddpm processes; waiting"
+            )
+            holder.stdin.write("end\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=60) == 0
+            assert waiter.stdout.readline().strip() == "claimed"  # once the holder ended
+            waiter.stdin.write("end\n")
+            waiter.stdin.flush()
+            assert waiter.wait(timeout=60) == 0

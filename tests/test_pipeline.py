@@ -244,3 +244,40 @@ def test_dvc_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
     assert {name.removesuffix("@20") for name in dvc_repro(project)} == stages
     assert dvc_changed_stages(project) == set()
     assert_current(project, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_sampler_axis_added_to_a_trained_sweep_samples_its_networks_again_only(
+    baseline, tmp_path
+):
+    """Sampler axes make variants that share one trained network: adding `sample.steps` to
+    the grid of a trained sweep trains nothing and samples and evaluates each new variant, in
+    runs/<network>/<variant>/; Snakemake's own report bundles ours."""
+    project = copy_project(baseline, tmp_path / "moved")
+    cfg = {**CONFIG, "grid": {**CONFIG["grid"], "sample.steps": [2, 4]}}
+    write_config(project, cfg)
+    jobs = planned_jobs(project)
+    assert "train" not in jobs and (jobs["sample"], jobs["evaluate"]) == (2, 2)
+    snakemake(project, "--cores", "2")
+    network = project / "results/runs/T~20"
+    variants = sorted(p.name for p in network.iterdir() if p.is_dir())
+    assert variants == ["default", "sample.steps~2", "sample.steps~4"]  # `default` was there
+    for steps in (2, 4):
+        summary = json.loads((network / f"sample.steps~{steps}/sample_summary.json").read_text())
+        assert summary["nfe_per_image"] == steps and summary["network"] == "T~20"
+        assert summary["train_step"] == CONFIG["train"]["steps"]
+    rows = (project / "results/summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("T~20/sample.steps~2,T~20,")
+    snakemake(project, "--report", "report.zip")
+    assert (project / "report.zip").stat().st_size > 0
+
+    # One more sampler value adds one variant and trains nothing.
+    write_config(project, {**cfg, "grid": {**cfg["grid"], "sample.steps": [2, 3, 4]}})
+    assert planned_jobs(project) == {
+        "settings": 4,  # the new variant's sample and evaluate, and summary's and report's
+        "sample": 1,
+        "evaluate": 1,
+        "summary": 1,
+        "report": 1,
+        "all": 1,
+    }

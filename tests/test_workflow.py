@@ -65,42 +65,6 @@ def test_a_configfile_grid_replaces_the_default_grid(tmp_path):
     assert (jobs["train"], jobs["sample"], jobs["evaluate"]) == (networks, variants, variants)
 
 
-def test_a_sampler_grid_trains_each_network_once(tmp_path):
-    """Sampler axes make variants that share one trained network: 1 network x 2 samplers trains
-    once and samples and evaluates twice, each in runs/<network>/<variant>/ (the planned DAG of
-    several networks is checked on the real config above)."""
-    cfg = {**TINY, "grid": {"T": [20], "sample.steps": [2, 4]}}
-    project = make_project(tmp_path, cfg)
-    jobs = planned_jobs(project)
-    assert (jobs["train"], jobs["sample"], jobs["evaluate"]) == (1, 2, 2)
-    snakemake(project, "--cores", "2")
-    for t in (20,):
-        network = project / f"results/runs/T~{t}"
-        assert (network / "final.pt").exists()
-        variants = sorted(p.name for p in network.iterdir() if p.is_dir())
-        assert variants == ["sample.steps~2", "sample.steps~4"]
-        for steps in (2, 4):
-            summary = json.loads(
-                (network / f"sample.steps~{steps}/sample_summary.json").read_text()
-            )
-            assert summary["nfe_per_image"] == steps and summary["network"] == f"T~{t}"
-    summary = (project / "results/summary.csv").read_text().splitlines()
-    assert len(summary) == 3 and summary[1].startswith("T~20/sample.steps~2,T~20,")
-    snakemake(project, "--report", "report.zip")  # Snakemake's own report bundles ours
-    assert (project / "report.zip").stat().st_size > 0
-
-    # A new sampler setting adds variants and trains nothing.
-    write_config(project, {**cfg, "grid": {**cfg["grid"], "sample.steps": [2, 3, 4]}})
-    assert planned_jobs(project) == {
-        "settings": 4,  # the new variant's sample and evaluate, and summary's and report's
-        "sample": 1,
-        "evaluate": 1,
-        "summary": 1,
-        "report": 1,
-        "all": 1,
-    }
-
-
 def _ddpm_processes(project):
     """Processes of this project's pipeline still alive (by working directory)."""
     found = []
