@@ -5,7 +5,7 @@
     <results>/reference.pt               reference_stats: real-image features
     <results>/runs/<network>/            train: `NetworkFiles`
     <results>/runs/<network>/<variant>/  sample and evaluate: `VariantFiles`
-    <results>/settings/, logs/           what each job read, and what it printed
+    <results>/settings/                  what each job read (its logs: workflow/rules/*.smk)
     <results>/summary.csv, report.html   the comparison
 
 The stage table (`ddpm.stages`) declares its inputs and outputs with these names, the stages
@@ -67,26 +67,12 @@ class PipelineFiles:
         return self.results / "settings"
 
     @property
-    def logs(self) -> Path:
-        return self.results / "logs"
-
-    @property
-    def benchmarks(self) -> Path:
-        return self.results / "benchmarks"
-
-    @property
     def summary(self) -> Path:
         return self.results / "summary.csv"
 
     @property
     def report(self) -> Path:
         return self.results / "report.html"
-
-    def network(self, network: str) -> NetworkFiles:
-        return NetworkFiles(self.runs / network)
-
-    def variant(self, network: str, variant: str) -> VariantFiles:
-        return VariantFiles(self.runs / network / variant)
 
 
 @dataclass(frozen=True)
