@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.config import Config, config_hash, to_dict
+from ddpm.config import Config, config_hash, format_value, to_dict
 from ddpm.files import atomic_write_bytes, check_output_file
 from ddpm.images import grid, png_bytes
 from ddpm.layout import (
@@ -33,6 +33,7 @@ from ddpm.layout import (
 )
 from ddpm.schedules import betas_of, terminal_stats
 from ddpm.stages import plan
+from ddpm.verdict import DISTINGUISHABLE_SIGMAS, Setting, Verdict, assess, compare, headline
 
 COLUMNS = [
     "run_id",
@@ -62,8 +63,6 @@ FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts
 EPS_NEAR_ZERO = 1e-5  # flags cosine and sigmoid at any T; not linear (4e-5 at T = 1000)
 # The seed project's setting: T = 350 with betas rising linearly from 1e-4 to 2e-2.
 SEED_SETTING = {"T": 350, "schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2}
-# Two FIDs closer than this many standard deviations of their difference are not told apart.
-DISTINGUISHABLE_SIGMAS = 2.0
 PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "snakemake", "dvc"]
 
 
@@ -181,7 +180,12 @@ def _read_log(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _plots(
-    cfg: Config, rows: list[dict], runs_dir: Path, floor: float | None, leaders: dict
+    cfg: Config,
+    rows: list[dict],
+    runs_dir: Path,
+    floor: float | None,
+    leaders: dict,
+    verdict: Verdict,
 ) -> dict[str, str]:
     import matplotlib
 
@@ -235,8 +239,8 @@ def _plots(
     plots["schedules"] = _figure_uri(fig)
 
     scored = [r for r in rows if r.get("fid") is not None]
-    if scored:
-        plots["fid"] = _fid_plots(scored, floor)
+    if verdict.axes and verdict.settings:
+        plots["effects"] = _effect_plots(verdict, floor)
     if leaders:
         plots["cost"] = _cost_plots([r for r in scored if r.get("nfe_per_image")], leaders)
     return plots
@@ -252,72 +256,90 @@ def _errors(rows: list[dict]) -> list[float] | None:
     return None if all(v is None for v in stds) else [v or 0.0 for v in stds]
 
 
-def _fid_plots(scored: list[dict], floor: float | None) -> str:
+def _effect_plots(verdict: Verdict, floor: float | None) -> str:
+    """One panel per grid axis: FID (mean ± its standard error) at each of the axis's levels,
+    one line per combination of the other axes; small dots are the individual seeds."""
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    # One line per schedule and sampler variant (variants share the trained networks).
-    lines = sorted({(r["schedule"], r["variant"]) for r in scored})
-    for schedule, variant in lines:
-        pts = sorted(
-            (r for r in scored if (r["schedule"], r["variant"]) == (schedule, variant)),
-            key=lambda r: r["T"],
-        )
-        label = schedule if len({v for _, v in lines}) == 1 else f"{schedule}, {variant}"
-        a1.errorbar(
-            [r["T"] for r in pts],
-            [r["fid"] for r in pts],
-            yerr=_errors(pts),
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    a1.set(xlabel="T", ylabel="FID", title="FID against T", xscale="log")
-    ts = sorted({r["T"] for r in scored})
-    a1.set_xticks(ts, [str(t) for t in ts])
-    a1.minorticks_off()
-    a1.legend(fontsize=7)
-    schedules = sorted({r["schedule"] for r in scored})
-    a2.bar(
-        range(len(scored)),
-        [r["fid"] for r in scored],
-        yerr=_errors(scored),
-        capsize=3,
-        color=[f"C{schedules.index(r['schedule'])}" for r in scored],
-    )
-    a2.set_xticks(
-        range(len(scored)),
-        [r["run_id"] + (" *" if r["seed_setting"] else "") for r in scored],
-        rotation=30,
-        ha="right",
-        fontsize=7,
-    )
-    title = "FID by run (colour: schedule"
-    a2.set(
-        ylabel="FID",
-        title=title + (", *: seed's setting)" if any(r["seed_setting"] for r in scored) else ")"),
-    )
-    for ax in (a1, a2):
+    axes = list(verdict.axes.items())
+    cols = min(3, len(axes))
+    rows = -(-len(axes) // cols)
+    fig, panels = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for (axis, levels), ax in zip(axes, panels.flat, strict=False):
+        others = [k for k, _ in verdict.settings[0].key if k != axis]
+        lines: dict[tuple, list[Setting]] = {}
+        for setting in verdict.settings:
+            lines.setdefault(tuple(setting.get(k) for k in others), []).append(setting)
+        for i, (combo, settings) in enumerate(lines.items()):
+            points = sorted(
+                (s for s in settings if s.get(axis) in levels),
+                key=lambda s: levels.index(s.get(axis)),
+            )
+            x = [levels.index(s.get(axis)) for s in points]
+            label = ", ".join(f"{k}={v}" for k, v in zip(others, combo, strict=True)) or "FID"
+            ax.errorbar(
+                x,
+                [s.mean for s in points],
+                yerr=[s.se or 0.0 for s in points],
+                marker="o",
+                capsize=3,
+                color=f"C{i % 10}",
+                label=label,
+            )
+            for xi, s in zip(x, points, strict=True):
+                if s.n > 1:
+                    ax.plot([xi] * s.n, s.values, ".", color=f"C{i % 10}", alpha=0.5)
+        ax.set_xticks(range(len(levels)), [str(v) for v in levels])
+        ax.set_xlim(-0.3, len(levels) - 0.7)
+        ax.set(xlabel=axis, ylabel="FID", title=f"FID by {axis}")
         ax.grid(alpha=0.3, axis="y")
-    if floor is not None:
-        for ax in (a1, a2):
+        if floor is not None:
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
-        a1.annotate("real vs real", (0.01, floor), xycoords=("axes fraction", "data"), fontsize=7)
+        if len(lines) > 1:
+            ax.legend(fontsize=6)
+    for ax in list(panels.flat)[len(axes) :]:
+        ax.axis("off")
+    fig.tight_layout()
     return _figure_uri(fig)
 
 
-def budgets(rows: list[dict]) -> dict[int, dict]:
-    """For each number of network evaluations per image: the scored row with the lowest FID,
-    the runner-up, the margin between them and whether it is within their noise."""
+def log_ticks(values: list[float]) -> list[float]:
+    """Tick positions for a log axis over `values` that always include labelled numbers: the
+    1-2-5 steps inside their range, or, when fewer than two fall inside, three steps spread
+    over it, rounded to two significant digits."""
+    lo, hi = min(values), max(values)
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    ticks = [m * 10.0**d for d in decades for m in (1, 2, 5) if lo <= m * 10.0**d <= hi]
+    if len(ticks) >= 2:
+        return ticks
+    return sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 3)})
+
+
+def _as_row(setting: Setting) -> dict:
+    """A setting where the template and plots expect a run: id, FID and its error."""
+    return {
+        "run_id": setting.id,
+        "fid": setting.mean,
+        "fid_std": setting.se,
+        "nfe_per_image": setting.runs[0].get("nfe_per_image"),
+    }
+
+
+def budgets(settings: list[Setting]) -> dict[int, dict]:
+    """For each number of network evaluations per image: the setting with the lowest FID, the
+    runner-up, the margin between them and whether it is within their noise."""
     out = {}
-    for nfe in sorted({r["nfe_per_image"] for r in rows}):
-        ranked = sorted((r for r in rows if r["nfe_per_image"] == nfe), key=lambda r: r["fid"])
+    costed = [s for s in settings if s.runs[0].get("nfe_per_image")]
+    for nfe in sorted({s.runs[0]["nfe_per_image"] for s in costed}):
+        ranked = sorted(
+            (s for s in costed if s.runs[0]["nfe_per_image"] == nfe), key=lambda s: s.mean
+        )
         best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
         out[nfe] = {
-            "best": best,
-            "second": second,
-            "margin": second["fid"] - best["fid"] if second else None,
-            "tied": second is not None and _indistinguishable(best, second),
+            "best": _as_row(best),
+            "second": _as_row(second) if second else None,
+            "margin": second.mean - best.mean if second else None,
+            "tied": second is not None and not compare(second, best).distinguishable,
         }
     return out
 
@@ -370,7 +392,8 @@ def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
     nfes = sorted({r["nfe_per_image"] for r in costed})
     a1.set_xticks(nfes, [str(n) for n in nfes])
     a1.minorticks_off()
-    a2.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    times = log_ticks([r["sample_s_per_1000"] for r in costed])
+    a2.set_xticks(times, [f"{t:g}" for t in times])
     a2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
@@ -452,35 +475,23 @@ def _fmt(value) -> str:
 
 
 def _best(rows: list[dict]) -> list[dict]:
-    """The best run by each metric; for FID also the runs it cannot be told apart from (their
-    difference is within DISTINGUISHABLE_SIGMAS standard deviations, from half-sampling)."""
+    """The best run by KID and by Inception Score (FID: the verdict, ddpm/verdict.py)."""
     best = []
-    for key, label, better in (
-        ("fid", "FID", min),
-        ("kid_mean", "KID", min),
-        ("is_mean", "Inception Score", max),
-    ):
+    for key, label, better in (("kid_mean", "KID", min), ("is_mean", "Inception Score", max)):
         scored = [r for r in rows if r.get(key) is not None]
-        if not scored:
-            continue
-        r = better(scored, key=lambda r, key=key: r[key])
-        entry = {"metric": label, "run_id": r["run_id"], "value": r[key]}
-        if key == "fid":
-            entry["std"] = r.get("fid_std")
-            entry["ties"] = [
-                {"run_id": o["run_id"], "value": o["fid"], "std": o["fid_std"]}
-                for o in scored
-                if o is not r and _indistinguishable(r, o)
-            ]
-        best.append(entry)
+        if scored:
+            r = better(scored, key=lambda r, key=key: r[key])
+            best.append({"metric": label, "run_id": r["run_id"], "value": r[key]})
     return best
 
 
-def _indistinguishable(a: dict, b: dict) -> bool:
-    if a.get("fid_std") is None or b.get("fid_std") is None:
-        return False  # no uncertainty known: no claim either way
-    sigma = (a["fid_std"] ** 2 + b["fid_std"] ** 2) ** 0.5
-    return abs(a["fid"] - b["fid"]) <= DISTINGUISHABLE_SIGMAS * sigma
+def _by_network(rows: list[dict]) -> list[dict]:
+    """The rows grouped by trained network, in grid order: the network's first variant is shown,
+    the others are one click away."""
+    networks: dict[str, list[dict]] = {}
+    for row in rows:
+        networks.setdefault(row["network"], []).append(row)
+    return [{"network": n, "label": _label(v[0]), "variants": v} for n, v in networks.items()]
 
 
 def _training_costs(rows: list[dict]) -> list[dict]:
@@ -535,20 +546,25 @@ def build_report(
     test_weights = any(r.get("test_weights") for r in rows)
     flower_features = any(r.get("features") == "synthetic-features" for r in rows)
     floor = next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None)
-    leaders = budgets([r for r in rows if r.get("fid") is not None and r.get("nfe_per_image")])
+    verdict = assess(rows, cfg.grid)
+    leaders = budgets(verdict.settings)
     context = {
         "title": rc.title,
         "rows": rows,
         "failed": [r for r in rows if r["status"] != "ok"],
         "best": _best(rows),
+        "verdict": verdict,
+        "replicates": any(s.n > 1 for s in verdict.settings),
+        "headline": headline(verdict),
+        "networks": _by_network(rows),
         "sigmas": DISTINGUISHABLE_SIGMAS,
         "floor_fid": floor,
         "budgets": leaders,
         "costs": _training_costs(rows),
         "seed_rows": [r for r in rows if r["seed_setting"]],
-        "grid": cfg.grid,
+        "grid": {k: [format_value(v) for v in values] for k, values in cfg.grid.items()},
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
-        "plots": _plots(cfg, rows, runs_dir, floor, leaders),
+        "plots": _plots(cfg, rows, runs_dir, floor, leaders, verdict),
         "test_weights": test_weights,
         "flower_features": flower_features,
         "far_threshold": FAR_FROM_NOISE,

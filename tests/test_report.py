@@ -14,7 +14,8 @@ from ddpm.config import config_from_dict
 from ddpm.data import preprocess
 from ddpm.images import save_grid
 from ddpm.layout import LOG_FIELDS
-from ddpm.report import build_report
+from ddpm.report import build_report, log_ticks
+from ddpm.stages import plan
 
 ARTIFACTS = Path(
     os.environ.get("DDPM_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
@@ -151,9 +152,13 @@ def test_every_run_appears_with_its_metrics(report):
         row_html = html.split(f'data-run="{run_id}"')[1].split("</tr>")[0]
         assert f'data-value="{fid}.0">{fid} &plusmn; 2<' in row_html
         assert f"{inception} &plusmn; 0.1<" in row_html
-    best = context["best"][0]
-    assert best == {"metric": "FID", "run_id": "T~20", "value": 60.0, "std": 2.0, "ties": []}
+    assert context["best"][0] == {"metric": "KID", "run_id": "T~20", "value": 0.01}
     # 60 +- 2 and 70 +- 2 differ by 3.5 standard deviations of the difference: told apart.
+    verdict = html.split('<ul id="verdict">')[1].split("</ul>")[0]
+    assert (
+        "<li>Lowest FID: T = 20 (60 ± 2). Every other setting is distinguishably worse.</li>"
+        in (verdict)
+    )
     assert "not distinguishable" not in html
 
 
@@ -229,12 +234,13 @@ def test_fids_within_their_noise_are_called_indistinguishable(tmp_path):
     metrics_file = tmp_path / "runs/T~30/default/metrics.json"
     metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid_std": 5.0}))
     context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
-    best = context["best"][0]
-    assert best["run_id"] == "T~20"
-    assert best["ties"] == [{"run_id": "T~30", "value": 70.0, "std": 5.0}]
-    summary = (tmp_path / "r.html").read_text().split('data-metric="FID"')[1].split("</li>")[0]
-    assert "not distinguishable</span> from\n<strong>T~30</strong> (70 &plusmn; 5)" in summary
-    assert "T~40" not in summary
+    assert context["headline"][0] == (
+        "Lowest FID: T = 20 (60 ± 2). Not distinguishable from 1 other setting(s): T = 30."
+    )
+    effects = (tmp_path / "r.html").read_text().split('id="effects"')[1].split("</table>")[0]
+    rows = {r.split('data-level="')[1].split('"')[0]: r for r in effects.split("<tr ")[1:]}
+    assert "not distinguishable" in rows["30"] and "10 &plusmn; 5.385" in rows["30"]
+    assert ">worse<" in rows["40"] and "20 &plusmn; 2.828" in rows["40"]
 
 
 def test_flower_features_are_named_as_such_not_as_random_weights(tmp_path):
@@ -302,7 +308,7 @@ def test_sampler_variants_compare_quality_against_cost(tmp_path):
     assert costs == {"T~20": (1.0, "hours (CPU)"), "T~30": (0.5, "hours (CPU)")}
 
 
-def _browser():
+def _browser(size: str = "1280,2000"):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
@@ -315,7 +321,7 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={size}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)
@@ -349,5 +355,120 @@ def test_a_real_browser_renders_it_without_errors(report):
         assert browser.execute_script(order)[:2] == ["T~30", "T~20"]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "report.png"))
+    finally:
+        browser.quit()
+
+
+def test_log_ticks_label_a_range_narrower_than_a_decade():
+    """The sampling-time axis had no numbers when every run took between 2.1 and 4.5 s."""
+    assert log_ticks([2.1, 3.0, 4.5]) == [2.1, 3.1, 4.5]
+    assert log_ticks([0.3, 40.0]) == [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
+
+
+SWEEP = {
+    "T": [350, 1000],
+    "schedule": ["linear", "cosine"],
+    "sampler": [
+        {"method": "ddpm"},
+        {"method": "ddim", "sample.steps": 10},
+        {"method": "ddim", "sample.steps": 25},
+        {"method": "ddim", "sample.steps": 50},
+        {"method": "ddim", "sample.steps": 100},
+    ],
+    "train.seed": [0, 1],
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The real config's shape with two training seeds: 4 settings x 5 samplers x 2 seeds, from
+    fabricated files. Cosine is 10 better at T = 350 and ties at T = 1000; the seeds differ by 3;
+    fewer sampling steps cost 20 / steps (0.2 to 2: within the noise)."""
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = config_from_dict(
+        {
+            "grid": SWEEP,
+            "data": {"source": "synthetic", "synthetic_count": 24, "image_size": 16},
+            "model": {"preset": "tiny"},
+            "report": {"grid_images": 9, "memorisation_samples": 2, "nearest_neighbours": 2},
+        }
+    )
+    the_plan = plan(cfg)
+    for i, network in enumerate(the_plan.networks):
+        variants = {
+            v.id: v.config.sample.steps
+            if v.config.sample.method == "ddim"
+            else v.config.diffusion.T
+            for v in the_plan.variants
+            if v.network == network.id
+        }
+        fabricate_run(root / "runs" / network.id, i + 1, variants=variants)
+        p = network.params
+        base = 60.0 - (10.0 if (p["schedule"], p["T"]) == ("cosine", 350) else 0.0)
+        base -= 15.0 if p["T"] == 1000 else 0.0
+        for variant, nfe in variants.items():
+            path = root / "runs" / network.id / variant / "metrics.json"
+            fid = base + 3.0 * p["train.seed"] + 20.0 / min(nfe, 100)
+            path.write_text(
+                json.dumps({**json.loads(path.read_text()), "fid": fid, "fid_std": 0.3})
+            )
+    data = root / "data.npy"
+    preprocess(cfg.data, data, progress=False)
+    out = root / "report.html"
+    return out, build_report(cfg, root / "runs", out, data_path=data)
+
+
+def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
+    out, context = sweep
+    verdict = context["verdict"]
+    assert len(context["rows"]) == 40 and len(verdict.settings) == 20
+    assert all(s.n == 2 and s.source == "training seeds" for s in verdict.settings)
+    # Seeds 3 apart: each setting's mean has a standard error of 1.5 on 1 degree of freedom.
+    assert {round(s.se, 9) for s in verdict.settings} == {1.5}
+    # The best at each sampling budget is a setting (its seeds' mean), never one seed's run.
+    at_100 = context["budgets"][100]
+    assert at_100["best"]["run_id"] == "T~1000_schedule~cosine_sampler~ddim-100 (2 seeds)"
+    assert at_100["best"]["fid_std"] == pytest.approx(1.5) and at_100["tied"]
+    html = out.read_text()
+    verdict_html = html.split('<ul id="verdict">')[1].split("</ul>")[0]
+    # Two seeds per setting: Welch on 2 degrees of freedom, half-width 4.30 x 2.12 = 9.1. Cosine's
+    # 10 at T = 350 is (just) told apart, T = 1000's 5 under cosine is not, although 5 FID is 12
+    # sampling standard deviations (0.3 each).
+    assert (
+        "<li>schedule = cosine against schedule = linear depends on the other settings: cosine is"
+        " better at T = 350 (-10 ± 2.1); not distinguishable at T = 1000 (+0 ± 2.1).</li>"
+    ) in verdict_html
+    assert (
+        "<li>T = 1000 against T = 350 depends on the other settings: 1000 is better at schedule ="
+        " linear (-15 ± 2.1); not distinguishable at schedule = cosine (-5 ± 2.1).</li>"
+    ) in verdict_html
+    assert "<li>sampler: no level is distinguishable from sampler = ddpm" in verdict_html
+    assert "Errors include training-seed variance (2 seeds per setting" in verdict_html
+    settings = html.split('id="settings"')[1].split("</table>")[0]
+    assert settings.count("<tr>") == 21 and "training seeds" in settings
+    # One card per network, its other four variants one click away.
+    assert html.count('class="card network"') == 8 and html.count('class="variant"') == 32
+    assert context["plots"]["effects"] and 'alt="FID by each setting"' in html
+
+
+@pytest.mark.slow
+def test_the_verdict_is_on_the_first_screen_of_a_large_sweep(sweep):
+    out, _ = sweep
+    browser = _browser("1400,900")
+    try:
+        browser.get(out.as_uri())
+        box = browser.execute_script(
+            "return document.getElementById('verdict-box').getBoundingClientRect().bottom;"
+        )
+        inner = browser.execute_script("return window.innerHeight;")
+        assert 0 < box <= inner, (box, inner)
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);"
+        )
+        assert images and all(done and width > 0 for done, width in images), images
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "report-sweep.png"))
     finally:
         browser.quit()
