@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # cores than one after the other with 2 threads each (2026-11-26).
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/demo.yaml \
-		--set-threads train=1 sample=1
+		--set-threads train=1 sample=1 progress=1
 	@echo "Done: open results/demo/report.html (the same table as CSV: results/demo/summary.csv)"
 
 # Tests run side by side, one per core: most of their time is one-core subprocess chains.

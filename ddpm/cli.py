@@ -163,6 +163,24 @@ def cmd_sample(args) -> None:
     )
 
 
+def cmd_progress(args) -> None:
+    from ddpm.progress import measure
+
+    cfg, document = _job(args, "progress")
+    result = measure(
+        cfg,
+        args.snapshots,
+        args.ckpt,
+        args.reference,
+        args.weights,
+        args.out,
+        network=document.get("network"),
+    )
+    curve = ", ".join(f"{p['step']}: {p['fid']:.2f}" for p in result["points"])
+    print(f"FID by training step: {curve or 'no snapshots (train.snapshot_every: 0)'}")
+    print(f"wrote {args.out}")
+
+
 def cmd_inception_weights(args) -> None:
     from ddpm.features import train_flower_features
     from ddpm.metrics import fetch_weights, make_test_inception
@@ -320,6 +338,18 @@ COMMANDS = {
         cmd_sample,
         "sample images from a trained network's EMA weights",
         (("--ckpt", "the network's final.pt"), ("--out", "the variant's folder")),
+        kind="stage",
+    ),
+    "progress": Command(
+        cmd_progress,
+        "FID over training: score a network's snapshots and final weights with a small budget",
+        (
+            ("--snapshots", "the network's snapshots.json"),
+            ("--ckpt", "the network's final.pt"),
+            ("--reference", "reference statistics file"),
+            WEIGHTS,
+            ("--out", "progress.json to write"),
+        ),
         kind="stage",
     ),
     "inception-weights": Command(

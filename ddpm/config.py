@@ -188,6 +188,12 @@ class TrainConfig:
     )
     seed: int = setting(0, "seed of batches, flips, timesteps and noise", ge=0)
     hflip: bool = setting(True, "random horizontal flips")
+    snapshot_every: int = setting(
+        0,
+        "steps between EMA snapshots, whose FID the progress stage measures (0: none). Chosen "
+        "before training: a snapshot cannot be made afterwards",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,21 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ProgressConfig:
+    steps: int = setting(20, "deterministic DDIM steps per snapshot's samples", ge=1)
+    num_images: int = setting(
+        2500, "images sampled per snapshot (FID needs more than 2,048 for full rank)", ge=2
+    )
+    fid_halves: int = setting(10, "random halves of the images whose FIDs give FID's +-", ge=2)
+    seed: int = setting(0, "sample i depends only on (seed, i); also seeds the halves", ge=0)
+    batch_size: int = setting(
+        250, "images per network call and per Inception pass", ge=1, effect="tuning"
+    )
+    device: Device = setting("auto", "auto = CUDA when present, else CPU")
+    precision: Precision = setting("bf16", "autocast precision of sampling on CUDA")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     title: str = setting("DDPM sweep", "heading of the HTML report")
     grid_images: int = setting(
@@ -271,6 +292,10 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig, metadata={"doc": "sampling"})
     evaluate: EvaluateConfig = field(
         default_factory=EvaluateConfig, metadata={"doc": "FID / IS / KID"}
+    )
+    progress: ProgressConfig = field(
+        default_factory=ProgressConfig,
+        metadata={"doc": "FID over training: how each snapshot of train.snapshot_every is scored"},
     )
     report: ReportConfig = field(default_factory=ReportConfig, metadata={"doc": "the HTML report"})
 

@@ -372,10 +372,16 @@ def _decode_into(
     if workers == 1:
         errors: dict[int, str] = {}
         spans = iter([range(i, min(n, i + 256)) for i in range(0, n, 256)])
-        _decode_range(
-            out, paths, size, resample, lambda: next(spans, None), errors.__setitem__, bar.update
-        )
-        bar.close()
+        with bar:  # closed however it ends, so an error message starts on its own line
+            _decode_range(
+                out,
+                paths,
+                size,
+                resample,
+                lambda: next(spans, None),
+                errors.__setitem__,
+                bar.update,
+            )
         return errors
 
     ctx = multiprocessing.get_context("fork")
@@ -517,8 +523,12 @@ def synthetic_flower(
 def synthetic_dataset(count: int, size: int, seed: int, progress: bool = False) -> np.ndarray:
     """uint8 [N x 3 x S x S]; image i depends only on (seed, i)."""
     images = np.empty((count, 3, size, size), dtype=np.uint8)
-    for i in tqdm(range(count), desc="synthetic", unit="img", disable=not progress):
-        images[i] = synthetic_flower(seed, i, size).transpose(2, 0, 1)
+    # A context manager closes the bar however the loop ends (Ctrl-C too), so the error
+    # message that follows starts on its own line.
+    with tqdm(total=count, desc="synthetic", unit="img", disable=not progress) as bar:
+        for i in range(count):
+            images[i] = synthetic_flower(seed, i, size).transpose(2, 0, 1)
+            bar.update(1)
     return images
 
 

@@ -3,7 +3,7 @@
     <results>/raw/                       download: the Flowers-102 files and jpg/
     <results>/data/dataset.npy, .json    preprocess: the uint8 images and their manifest
     <results>/reference.pt               reference_stats: real-image features
-    <results>/runs/<network>/            train: `NetworkFiles`
+    <results>/runs/<network>/            train: `NetworkFiles` (and progress: FID of its snapshots)
     <results>/runs/<network>/<variant>/  sample and evaluate: `VariantFiles`
     <results>/settings/                  what each job read (its logs: workflow/rules/*.smk)
     <results>/summary.csv, report.html   the comparison
@@ -108,6 +108,26 @@ class NetworkFiles:
     def preview(self, step: int) -> Path:
         return self.folder / "previews" / f"step_{step:07d}.png"
 
+    @property
+    def snapshots(self) -> Path:
+        """EMA weights at every `train.snapshot_every` steps, each in final.pt's format. Kept
+        across reruns like the checkpoint: a resumed training cannot make them again."""
+        return self.folder / "snapshots"
+
+    def snapshot(self, step: int) -> Path:
+        return self.snapshots / f"step_{step:07d}.pt"
+
+    @property
+    def snapshot_index(self) -> Path:
+        """The snapshots of the finished training (`SNAPSHOT_KEYS` per entry), written with
+        final.pt: what the progress stage depends on."""
+        return self.folder / "snapshots.json"
+
+    @property
+    def progress(self) -> Path:
+        """FID over training: one point per snapshot and the final weights (`POINT_KEYS`)."""
+        return self.folder / "progress.json"
+
 
 @dataclass(frozen=True)
 class VariantFiles:
@@ -177,6 +197,11 @@ METRIC_KEYS = (
     "floor_fid",
     "floor_kid_mean",
 )
+
+# snapshots.json: {"network": id, "snapshots": [one mapping of these keys per snapshot]}.
+SNAPSHOT_KEYS = ("step", "images_seen", "file")
+# progress.json: {"network", "points": [...], how they were made}; a point has these keys.
+POINT_KEYS = ("step", "images_seen", "fid", "fid_std", "n_images")
 
 
 def read_json(path: str | Path) -> dict:
@@ -253,7 +278,8 @@ def read_final(path: str | Path, expected: dict | None = None) -> dict:
     if digest is not None and digest != settings_digest(state["settings"]):
         raise ArtefactError(
             f"{path} was trained with other training settings than this config gives network "
-            f"{state['network']}; train it again with this config (or give the right final.pt)"
+            f"{state['network']}; train it again with this config (or give that network's own "
+            "file)"
         )
     return state
 

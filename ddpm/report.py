@@ -241,6 +241,8 @@ def _plots(
     scored = [r for r in rows if r.get("fid") is not None]
     if verdict.axes and verdict.settings:
         plots["effects"] = _effect_plots(verdict, floor)
+    if verdict.curves:
+        plots["progress"] = _progress_plot(verdict)
     if leaders:
         plots["cost"] = _cost_plots([r for r in scored if r.get("nfe_per_image")], leaders)
     return plots
@@ -485,6 +487,38 @@ def _best(rows: list[dict]) -> list[dict]:
     return best
 
 
+def _progress(rows: list[dict], runs_dir: Path) -> dict[str, list[dict]]:
+    """Each network's FID over training (progress.json's points), where it has been measured."""
+    out = {}
+    for network in dict.fromkeys(r["network"] for r in rows):
+        document = _read(NetworkFiles(runs_dir / network).progress)
+        if document and document.get("points"):
+            out[network] = document["points"]
+    return out
+
+
+def _progress_plot(verdict: Verdict) -> str:
+    """FID (± its sampling noise) against training images seen, one line per network."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, curve in enumerate(verdict.curves):
+        pts = curve.points
+        ax.errorbar(
+            [p["images_seen"] for p in pts],
+            [p["fid"] for p in pts],
+            yerr=[p["fid_std"] or 0.0 for p in pts],
+            marker="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=curve.network + (" (still improving)" if curve.state == "improving" else ""),
+        )
+    ax.set(xlabel="training images seen", ylabel="FID", title="FID over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _figure_uri(fig)
+
+
 def _by_network(rows: list[dict]) -> list[dict]:
     """The rows grouped by trained network, in grid order: the network's first variant is shown,
     the others are one click away."""
@@ -546,7 +580,8 @@ def build_report(
     test_weights = any(r.get("test_weights") for r in rows)
     flower_features = any(r.get("features") == "synthetic-features" for r in rows)
     floor = next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None)
-    verdict = assess(rows, cfg.grid)
+    verdict = assess(rows, cfg.grid, _progress(rows, runs_dir))
+    rc_progress = cfg.progress
     leaders = budgets(verdict.settings)
     context = {
         "title": rc.title,
@@ -555,6 +590,7 @@ def build_report(
         "best": _best(rows),
         "verdict": verdict,
         "replicates": any(s.n > 1 for s in verdict.settings),
+        "progress_sampler": f"{rc_progress.num_images:,} DDIM-{rc_progress.steps}",
         "headline": headline(verdict),
         "networks": _by_network(rows),
         "sigmas": DISTINGUISHABLE_SIGMAS,

@@ -223,6 +223,56 @@ def load_network(
     return nets, state
 
 
+def run_chain(
+    nets: Networks, sc, indices, shape, device: torch.device, record: Sequence[int] = ()
+) -> SampleResult:
+    """The samples `indices` under the `sample.*` settings `sc` (method, steps, eta, variance,
+    clipping, seed, precision), recording x_t at the timesteps in `record`."""
+    with autocast(device, sc.precision), torch.inference_mode():
+        if sc.method == "ddpm":
+            return ddpm_sample(
+                nets.net,
+                nets.diffusion,
+                sc.seed,
+                indices,
+                shape,
+                device=device,
+                variance=sc.variance,
+                clip_denoised=sc.clip_denoised,
+                record=record,
+            )
+        return ddim_sample(
+            nets.net,
+            nets.diffusion,
+            sc.seed,
+            indices,
+            shape,
+            steps=sc.steps or nets.diffusion.T,
+            eta=sc.eta,
+            device=device,
+            clip_denoised=sc.clip_denoised,
+            record=record,
+        )
+
+
+def sample_batches(
+    nets: Networks, sc, size: int, device: torch.device, desc: str, progress: bool = True
+) -> tuple[torch.Tensor, int]:
+    """`sc.num_images` samples as uint8 on the CPU, `sc.batch_size` per chain, and the network
+    evaluations each took."""
+    shape = (3, size, size)
+    images = torch.empty((sc.num_images, *shape), dtype=torch.uint8)
+    nfe = 0
+    with tqdm(total=sc.num_images, unit="img", desc=desc, disable=not progress) as bar:
+        for lo in range(0, sc.num_images, sc.batch_size):
+            hi = min(lo + sc.batch_size, sc.num_images)
+            result = run_chain(nets, sc, range(lo, hi), shape, device)
+            images[lo:hi] = to_uint8(result.images).cpu()
+            nfe = result.nfe
+            bar.update(hi - lo)
+    return images, nfe
+
+
 def generate(
     cfg,
     variant: str,
@@ -242,10 +292,9 @@ def generate(
     nets, state = load_network(ckpt_path, device, expected)
     if wants_compile(sc.compile, device):
         nets = compile_(nets, min(sc.batch_size, sc.num_images), sc.precision, train=False)
-    model, diffusion = nets.net, nets.diffusion
     size = state["image_size"]
     shape = (3, size, size)
-    T = diffusion.T
+    T = nets.diffusion.T
     if sc.steps is not None and sc.steps > T:
         raise PipelineError(
             f"sample.steps: {sc.steps} exceeds the network's T ({T}) in {ckpt_path}"
@@ -256,47 +305,11 @@ def generate(
     picks = np.unique(np.linspace(0, len(visited) - 1, sc.trajectory_points - 1).round())
     record = [visited[int(i)] for i in picks]
 
-    def run(indices, record=()):
-        with autocast(device, sc.precision), torch.inference_mode():
-            if sc.method == "ddpm":
-                return ddpm_sample(
-                    model,
-                    diffusion,
-                    sc.seed,
-                    indices,
-                    shape,
-                    device=device,
-                    variance=sc.variance,
-                    clip_denoised=sc.clip_denoised,
-                    record=record,
-                )
-            return ddim_sample(
-                model,
-                diffusion,
-                sc.seed,
-                indices,
-                shape,
-                steps=steps,
-                eta=sc.eta,
-                device=device,
-                clip_denoised=sc.clip_denoised,
-                record=record,
-            )
-
-    images = torch.empty((sc.num_images, *shape), dtype=torch.uint8)
     start = time.perf_counter()
-    nfe = 0
-    with tqdm(
-        total=sc.num_images, unit="img", desc=f"sample {variant}", disable=not progress
-    ) as bar:
-        for lo in range(0, sc.num_images, sc.batch_size):
-            hi = min(lo + sc.batch_size, sc.num_images)
-            result = run(range(lo, hi))
-            images[lo:hi] = to_uint8(result.images).cpu()
-            nfe = result.nfe
-            bar.update(hi - lo)
+    images, nfe = sample_batches(nets, sc, size, device, f"sample {variant}", progress)
     elapsed = time.perf_counter() - start
-    traj = run(range(min(sc.trajectory_images, sc.num_images)), record=record).trajectory
+    first = range(min(sc.trajectory_images, sc.num_images))
+    traj = run_chain(nets, sc, first, shape, device, record=record).trajectory
     # trajectory.png: one row per sample, columns from pure noise (left) to the sample (right).
     strip = torch.stack([to_uint8(x) for _, x in traj], dim=1)  # (n, points, 3, S, S)
 

@@ -177,11 +177,41 @@ STAGES: tuple[Stage, ...] = (
         reads=("model", "diffusion", "train"),
         entry="train.py",
         deps={"data": str(RESULTS.dataset), "manifest": str(RESULTS.manifest)},
-        outs={"final": str(NET.final), "summary": str(NET.summary), "log": str(NET.log)},
-        persist={"checkpoint": str(NET.checkpoint)},
+        outs={
+            "final": str(NET.final),
+            "summary": str(NET.summary),
+            "log": str(NET.log),
+            "snapshot_index": str(NET.snapshot_index),
+        },
+        # Resume state, and the snapshots so far: a rerun must not lose them.
+        persist={"checkpoint": str(NET.checkpoint), "snapshots": str(NET.snapshots)},
         args=(("--data", str(RESULTS.dataset)), ("--out", str(NET.folder))),
         flags=("--restart-if-changed",),
         side_code=("sampling.py", "images.py"),
+    ),
+    Stage(
+        "progress",
+        "network",
+        reads=("progress", "evaluate.weights_sha256_prefix"),
+        entry="progress.py",
+        deps={
+            # The index lists the snapshots (files in train's persistent folder, which Snakemake
+            # cannot take as an input); final.pt changes with every new training.
+            "snapshot_index": str(NET.snapshot_index),
+            "final": str(NET.final),
+            "reference": str(RESULTS.reference),
+            "weights": WEIGHTS,
+        },
+        outs={"progress": str(NET.progress)},
+        args=(
+            ("--snapshots", str(NET.snapshot_index)),
+            ("--ckpt", str(NET.final)),
+            ("--reference", str(RESULTS.reference)),
+            ("--weights", WEIGHTS),
+            ("--out", str(NET.progress)),
+        ),
+        tunes=("progress.batch_size",),
+        side_code=("dataset.py", "data.py"),
     ),
     Stage(
         "sample",
@@ -233,6 +263,7 @@ STAGES: tuple[Stage, ...] = (
         deps={
             **PER_RUN,
             "train_log": str(NET.log),
+            "progress": str(NET.progress),
             "samples": str(VAR.samples),
             "trajectory": str(VAR.trajectory),
             "data": str(RESULTS.dataset),
@@ -605,7 +636,8 @@ def settings_document(
         "code": fingerprint or code_fingerprint(stage),
         "settings": settings_of(stage, instance_cfg),
     }
-    if stage.scope == "variant":
+    # A job given a network's weights, or the samples of one, knows which network it must be.
+    if stage.scope == "variant" or str(NET.final) in BY_NAME[stage.name].deps.values():
         network = instance.partition("/")[0]
         trained = settings_of(BY_NAME["train"], instance_cfg)
         document["network"] = {"id": network, "settings_digest": settings_digest(trained)}

@@ -347,11 +347,26 @@ def train(
         loop.load_state_dict(state)
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         print(f"resuming {network_id} from step {start} ({ckpt_path})", flush=True)
+    else:  # snapshots of an earlier training of this folder would pass for this one's
+        for old in files.snapshots.glob("step_*.pt"):
+            old.unlink()
     atomic_write_bytes(log_path, log_text(loop.log.rows).encode())
 
     def save_checkpoint(step: int, elapsed: float) -> None:
         meta = {"step": step, "elapsed_s": elapsed, "network": network_id, "version": __version__}
         save_torch(ckpt_path, {**identity, **meta, **loop.state_dict()})
+
+    def save_weights(path: Path, step: int) -> None:
+        """The EMA weights and what sampling needs to know of them: final.pt's format."""
+        record = {"network": network_id, "step": step, "image_size": size}
+        state = {**identity, **record, "version": __version__, "ema": loop.ema.model.state_dict()}
+        save_torch(path, {**state, "images_seen": step * tc.batch_size})
+
+    # A run that ended on a snapshot's step wrote final.pt there instead; asked for more steps,
+    # it makes that snapshot from the weights it resumes with.
+    on_snapshot = start and tc.snapshot_every and start % tc.snapshot_every == 0
+    if on_snapshot and start < steps and not files.snapshot(start).exists():
+        save_weights(files.snapshot(start), start)
 
     # 3. The loop: a step, then what is due after it (log row, preview, checkpoint, stop).
     preview_noise_seed = tc.seed + 1
@@ -366,7 +381,8 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    with _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
+    # The bar is closed however the loop ends, so an error message starts on its own line.
+    with bar, _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
         writer = csv.DictWriter(log_file, LOG_FIELDS)
         step = start
         while step < steps:
@@ -409,12 +425,14 @@ def train(
                     files.preview(step),
                     preview_noise_seed,
                 )
+            snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0
+            if snapshotting and step < steps:  # the last step's weights are final.pt
+                save_weights(files.snapshot(step), step)
             if want_ckpt:
                 save_checkpoint(step, elapsed)
-            if want_ckpt or previewing:
+            if want_ckpt or previewing or snapshotting:
                 window_start = time.perf_counter()  # images/s measures training alone
             if interrupted:
-                bar.close()
                 name = signal.Signals(stop.signal).name
                 raise Interrupted(
                     f"{network_id}: {name} at step {step}; checkpoint written to {ckpt_path}. "
@@ -424,20 +442,10 @@ def train(
             if out_of_time:
                 stopped_by = "max_minutes"
                 break
-    bar.close()
 
-    # 4. What sampling needs, and the summary.
-    save_torch(
-        files.final,
-        {
-            **identity,
-            "network": network_id,
-            "step": step,
-            "image_size": size,
-            "version": __version__,
-            "ema": loop.ema.model.state_dict(),
-        },
-    )
+    # 4. What sampling needs, the snapshots made on the way, and the summary.
+    save_weights(files.final, step)
+    _write_snapshot_index(files, network_id, tc.snapshot_every, step, tc.batch_size)
     rows = loop.log.rows
     measured = rows[1:] or rows  # the first window includes start-up costs
     summary = {
@@ -482,6 +490,27 @@ def _preview(model, diffusion, cfg: Config, device, size: int, path: Path, seed:
             device=device,
         )
     save_grid(to_uint8(result.images), path, nrow=4)
+
+
+def _write_snapshot_index(
+    files: NetworkFiles, network_id: str, every: int, last: int, batch_size: int
+) -> None:
+    """snapshots.json: the snapshots this training made before its last step. One deleted
+    while it trained is left out, with a warning (only training again can make it)."""
+    entries, missing = [], []
+    for step in range(every, last, every) if every else ():
+        path = files.snapshot(step)
+        if path.exists():
+            entries.append({"step": step, "images_seen": step * batch_size, "file": path.name})
+        else:
+            missing.append(step)
+    if missing:
+        print(
+            f"warning: {network_id}: the snapshots of steps {missing} are missing from "
+            f"{files.snapshots}; FID over training leaves them out",
+            flush=True,
+        )
+    atomic_write_json(files.snapshot_index, {"network": network_id, "snapshots": entries})
 
 
 def _smoothed_final_loss(rows: list[dict], window: int = 10) -> float | None:

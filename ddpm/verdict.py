@@ -7,6 +7,8 @@ three sources, stated wherever it is used:
 - ``training seeds``: the spread of the replicates' FIDs (sample standard deviation, n - 1 degrees
   of freedom). Each replicate's FID carries its own sampling noise, so this spread holds both
   training-seed and sampling variance.
+- ``sampling seeds``: replicates that differ in `sample.seed` only (one network): the same, but
+  the spread is sampling variance alone.
 - ``pooled seeds``: a setting with one run in a sweep where other settings have replicates takes
   the pooled within-setting variance of those (assumes the seed spread does not depend on the
   setting).
@@ -125,6 +127,8 @@ class Verdict:
     effects: list[Effect]
     replicated: bool  # some setting has several training seeds
     seed_axes: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    curves: list[Convergence] = field(default_factory=list)  # networks with FID over training
 
     def setting(self, values: dict) -> Setting | None:
         """The setting with these grid values (seeds left out)."""
@@ -211,10 +215,15 @@ def _train_seeds(runs: list[dict]) -> bool:
     return len({r["params"].get("train.seed") for r in runs}) > 1
 
 
-def assess(rows: list[dict], grid: dict[str, list]) -> Verdict:
-    """The sweep's settings and the effect of each grid axis at every slice of the others."""
-    seed_axes = [k for k in grid if k in SEED_KEYS]
-    setting_axes = [k for k in grid if k not in SEED_KEYS]
+def assess(
+    rows: list[dict], grid: dict[str, list], progress: dict[str, list[dict]] | None = None
+) -> Verdict:
+    """The sweep's settings, the effect of each grid axis at every slice of the others, and
+    each network's convergence from its FID over training (`progress`: network -> points)."""
+    # The axes in the order run ids spell them (training's first), seeds apart.
+    order = [k for k in (rows[0]["params"] if rows else {}) if k in grid] or list(grid)
+    seed_axes = [k for k in order if k in SEED_KEYS]
+    setting_axes = [k for k in order if k not in SEED_KEYS]
     settings = settings_of(rows, setting_axes)
     by_key = {s.key: s for s in settings}
     levels_of = {k: [format_value(v) for v in grid[k]] for k in setting_axes}
@@ -234,7 +243,9 @@ def assess(rows: list[dict], grid: dict[str, list]) -> Verdict:
                 diff = compare(other, base) if other and base else None
                 effects.append(Effect(axis, level, levels[0], at, diff))
     replicated = any(s.source == "training seeds" for s in settings)
-    return Verdict(settings, axes, effects, replicated, seed_axes)
+    networks = list(dict.fromkeys(r["network"] for r in rows))
+    curves = [convergence(n, progress[n]) for n in networks if (progress or {}).get(n)]
+    return Verdict(settings, axes, effects, replicated, seed_axes, networks, curves)
 
 
 def leader(settings: list[Setting]) -> tuple[Setting, list[Setting]]:
@@ -243,7 +254,78 @@ def leader(settings: list[Setting]) -> tuple[Setting, list[Setting]]:
     return ranked[0], [s for s in ranked[1:] if not compare(s, ranked[0]).distinguishable]
 
 
+# -- convergence ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """A network's FID over training, and whether it was still moving at the end: its last
+    point (the final weights) against the one before, beyond `DISTINGUISHABLE_SIGMAS` sampling
+    standard deviations of their difference."""
+
+    network: str
+    points: list[dict]  # progress.json's points, in training order
+    state: Literal["improving", "flat", "worse", "unknown"]
+    delta: float | None  # last FID - the one before
+
+    @property
+    def sentence(self) -> str:
+        if self.state == "unknown":
+            return f"{self.network}: fewer than two points, so convergence is unknown."
+        a, b = self.points[-2], self.points[-1]
+        change = f"FID {a['fid']:.3g} at step {a['step']} to {b['fid']:.3g} at step {b['step']}"
+        words = {
+            "improving": "still improving at the end: the ranking may change with longer training",
+            "flat": "no longer improving beyond its noise",
+            "worse": "worse at the end than before, beyond its noise",
+        }[self.state]
+        return f"{self.network}: {change}, {words}."
+
+
+def convergence(network: str, points: list[dict]) -> Convergence:
+    if len(points) < 2:
+        return Convergence(network, points, "unknown", None)
+    a, b = points[-2], points[-1]
+    delta = b["fid"] - a["fid"]
+    if a.get("fid_std") is None or b.get("fid_std") is None:
+        return Convergence(network, points, "unknown", delta)
+    half = DISTINGUISHABLE_SIGMAS * math.hypot(a["fid_std"], b["fid_std"])
+    state = "improving" if delta < -half else "worse" if delta > half else "flat"
+    return Convergence(network, points, state, delta)
+
+
+def convergence_sentence(curves: list[Convergence], networks: int) -> str:
+    """What the report can say about training length, over all networks."""
+    if not curves:
+        return (
+            "Whether training had converged is unknown: set train.snapshot_every to measure FID "
+            "over training."
+        )
+    moving = [c.network for c in curves if c.state == "improving"]
+    known = [c for c in curves if c.state != "unknown"]
+    if moving:
+        return (
+            f"FID was still improving at the end of training for {len(moving)} of {networks} "
+            f"networks ({', '.join(moving)}): the ranking may change with longer training."
+        )
+    if len(known) == networks:
+        return (
+            "FID had stopped improving beyond its noise by the end of training for every network."
+        )
+    return (
+        f"FID had stopped improving for {len(known)} of {networks} networks; for the others "
+        "convergence is unknown."
+    )
+
+
 # -- words ---------------------------------------------------------------------------------------
+
+
+def _range(values: list[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    return f"{lo:.2g}" if math.isclose(lo, hi, rel_tol=0.05) else f"{lo:.2g} to {hi:.2g}"
 
 
 def _size(group: list[Effect]) -> str:
@@ -273,7 +355,9 @@ def axis_sentence(verdict: Verdict, axis: str, level: str) -> str:
             where = _where(group, effects)
             return f"{name}: {level} is {words} {where} ({_size(group)} FID)."
     if len(tied) == len(known):
-        return f"{name}: not distinguishable at any setting tested ({_size(tied)} FID)."
+        reach = _range([e.difference.half_width for e in tied if e.difference.half_width])
+        within = f"; its intervals reach ± {reach}" if reach else ""
+        return f"{name}: not distinguishable at any setting tested ({_size(tied)} FID{within})."
     parts = [
         f"{words} {_where(group, effects)} ({_size(group)})"
         for words, group in (("better", better), ("worse", worse), ("not distinguishable", tied))
@@ -321,7 +405,7 @@ def headline(verdict: Verdict) -> list[str]:
                 "tested."
             ]
         lines += sentences
-    return lines + [caveat(verdict)]
+    return lines + [convergence_sentence(verdict.curves, len(verdict.networks)), caveat(verdict)]
 
 
 def caveat(verdict: Verdict) -> str:

@@ -130,6 +130,7 @@ TINY = {
         "checkpoint_every": 3,
         "log_every": 3,
         "preview_every": 0,
+        "snapshot_every": 3,
     },
     "sample": {
         "method": "ddim",
@@ -149,6 +150,7 @@ TINY = {
         "kid_subsets": 3,
         "is_splits": 2,
     },
+    "progress": {"steps": 2, "num_images": 8, "fid_halves": 2, "batch_size": 8, "device": "cpu"},
     "report": {"grid_images": 4},
 }
 

@@ -61,17 +61,18 @@ def _row(text: str, key: str) -> list[str]:
     "key, reruns",
     [
         ("report.title", "**report**"),
+        ("progress.num_images", "**progress**, **report**"),
         ("sample.eta", "**sample**, evaluate, **summary**, **report**"),
         ("data.workers", "nothing"),
         ("sample.batch_size", "nothing"),
         (
             "train.steps",
-            "**train**, sample, evaluate, **summary**, **report** (training resumes from its "
-            "checkpoint)",
+            "**train**, progress, sample, evaluate, **summary**, **report** (training resumes "
+            "from its checkpoint)",
         ),
         (
             "evaluate.inception_weights",
-            "**inception_weights**, reference_stats, evaluate, summary, report",
+            "**inception_weights**, reference_stats, progress, evaluate, summary, report",
         ),
     ],
 )

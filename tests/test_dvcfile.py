@@ -64,10 +64,11 @@ def test_snakemake_and_dvc_agree_on_runs_and_paths(tmp_path):
     }
     # DVC versions the settings as one folder, Snakemake writes them one file each.
     settings = {p for p in ours if p.startswith("results/settings/")}
-    assert len(settings) == 50 and "results/settings" in theirs
-    # DVC also versions each network's checkpoint.pt (kept across reruns so training can resume).
+    assert len(settings) == 54 and "results/settings" in theirs
+    # DVC also versions each network's checkpoint.pt and snapshots (kept across reruns so
+    # training can resume).
     assert theirs - ours == {"results/settings"} | {
-        f"results/runs/{run}/checkpoint.pt" for run in runs
+        f"results/runs/{run}/{kept}" for run in runs for kept in ("checkpoint.pt", "snapshots")
     }
     assert ours - settings <= theirs
 

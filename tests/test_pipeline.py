@@ -69,7 +69,11 @@ def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path)
     show` prints numbers only, one plot compares the loss curves, and Snakemake, after the
     documented `--touch`, notices a later edit."""
     project, clone = shared
-    for name in ("results/runs/T~20/final.pt", "results/runs/T~20/default/metrics.json"):
+    for name in (
+        "results/runs/T~20/final.pt",
+        "results/runs/T~20/snapshots/step_0000003.pt",
+        "results/runs/T~20/default/metrics.json",
+    ):
         assert (clone / name).read_bytes() == (project / name).read_bytes(), name
     assert dvc_repro(clone) == []
 
@@ -109,29 +113,29 @@ def edit_code(path: str):
 # (one job per changed file under Snakemake; one stage under DVC, which reads the config itself).
 # Every case is planned by both tools; the cases in PLANNED_ONLY are not executed, because
 # their rerun is the `train` case's: another section that the same stage reads.
-AFTER_TRAINING = {"sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}
-DVC_AFTER_TRAINING = {"sample", "evaluate", "summary", "report"}
+AFTER_TRAINING = {"progress": 1, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}
+DVC_AFTER_TRAINING = {"progress", "sample", "evaluate", "summary", "report"}
 CASES = {
     "data": (
         edit_config("data", synthetic_seed=5),
         {"settings": 3, "preprocess": 1, "reference_stats": 1, "train": 1, **AFTER_TRAINING},
         {"settings", "preprocess", "reference_stats", "train"} | DVC_AFTER_TRAINING,
     ),
-    # A training setting also rewrites the settings of the network's sampling and evaluation,
-    # which name the training settings they expect (checked against final.pt).
+    # A training setting also rewrites the settings of the network's progress, sampling and
+    # evaluation, which name the training settings they expect (checked against final.pt).
     "model": (
         edit_config("model", base_channels=16),
-        {"settings": 5, "train": 1, **AFTER_TRAINING},
+        {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
     ),
     "diffusion": (
         edit_config("diffusion", objective="v"),
-        {"settings": 5, "train": 1, **AFTER_TRAINING},
+        {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
     ),
     "train": (
         edit_config("train", lr=1.0e-3),
-        {"settings": 5, "train": 1, **AFTER_TRAINING},
+        {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
     ),
     "sample": (
@@ -141,21 +145,36 @@ CASES = {
     ),
     "evaluate": (
         edit_config("evaluate", reference_max_images=20),
-        {"settings": 3, "reference_stats": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1},
-        {"settings", "reference_stats", "evaluate", "summary", "report"},
+        {
+            "settings": 3,
+            "reference_stats": 1,
+            "progress": 1,
+            "evaluate": 1,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        },
+        {"settings", "reference_stats", "progress", "evaluate", "summary", "report"},
+    ),
+    # FID over training: its own settings rerun its own job, and the report that shows it.
+    "progress": (
+        edit_config("progress", num_images=6),
+        {"settings": 2, "progress": 1, "report": 1, "all": 1},
+        {"settings", "progress", "report"},
     ),
     "report": (
         edit_config("report", title="Another title"),
         {"settings": 1, "report": 1, "all": 1},
         {"settings", "report"},
     ),
-    # A comment in the network's code: training and sampling rerun. Their results are
-    # byte-identical, and DVC compares content, so under DVC evaluation is not repeated
-    # (Snakemake runs what follows a rerun job in the same invocation).
+    # A comment in the network's code: training, sampling and progress rerun. Their results
+    # are byte-identical but for progress.json's timing, and DVC compares content, so under DVC
+    # evaluation is not repeated (Snakemake runs what follows a rerun job in the same
+    # invocation).
     "code of the network": (
         edit_code("ddpm/unet.py"),
-        {"settings": 2, "train": 1, **AFTER_TRAINING},
-        {"settings", "train", "sample", "summary", "report"},
+        {"settings": 3, "train": 1, **AFTER_TRAINING},
+        {"settings", "train", "progress", "sample", "summary", "report"},
     ),
     "data.workers (cannot change a result)": (
         edit_config("data", workers=1),
@@ -192,6 +211,12 @@ def assert_current(project, tmp_path):
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
     metrics = json.loads((run / "default/metrics.json").read_text())
     assert metrics["n_generated"] == cfg["sample"]["num_images"]
+    # FID over training: the snapshot at step 3 and the final weights, at this config's budget
+    points = json.loads((run / "progress.json").read_text())["points"]
+    assert [(p["step"], p["n_images"]) for p in points] == [
+        (3, cfg["progress"]["num_images"]),
+        (6, cfg["progress"]["num_images"]),
+    ]
     title = cfg["report"].get("title", "DDPM sweep")
     assert f"<title>{title}</title>" in (project / "results/report.html").read_text()
 

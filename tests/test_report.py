@@ -412,6 +412,14 @@ def sweep(tmp_path_factory):
             path.write_text(
                 json.dumps({**json.loads(path.read_text()), "fid": fid, "fid_std": 0.3})
             )
+        # FID over training: the cosine networks still improve at the end, the linear ones not.
+        last = [70.0, 62.0] if p["schedule"] == "cosine" else [70.0, 69.0]
+        points = [
+            {"step": s, "images_seen": 32 * s, "fid": f, "fid_std": 1.0, "n_images": 100}
+            for s, f in zip((100, 200, 300), [90.0, *last], strict=True)
+        ]
+        progress = {"network": network.id, "points": points}
+        (root / "runs" / network.id / "progress.json").write_text(json.dumps(progress))
     data = root / "data.npy"
     preprocess(cfg.data, data, progress=False)
     out = root / "report.html"
@@ -449,6 +457,10 @@ def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
     # One card per network, its other four variants one click away.
     assert html.count('class="card network"') == 8 and html.count('class="variant"') == 32
     assert context["plots"]["effects"] and 'alt="FID by each setting"' in html
+    assert context["plots"]["progress"] and 'alt="FID over training"' in html
+    states = html.split('<ul id="convergence">')[1].split("</ul>")[0].count
+    assert states('data-state="improving"') == 4 and states('data-state="flat"') == 4
+    assert "<li>FID was still improving at the end of training for 4 of 8 networks" in verdict_html
 
 
 @pytest.mark.slow

@@ -209,7 +209,13 @@ def test_the_sweep_runs_through_slurm_and_a_cancelled_training_resumes(cluster, 
     cfg = {
         **TINY,
         "grid": {"T": [20]},
-        "train": {**TINY["train"], "steps": STEPS, "log_every": 10, "checkpoint_every": 1000},
+        "train": {
+            **TINY["train"],
+            "steps": STEPS,
+            "log_every": 10,
+            "checkpoint_every": 1000,
+            "snapshot_every": STEPS // 2,
+        },
     }
     project = make_project(tmp_path / "cluster", cfg)
     profile = _site_profile(tmp_path / "profile")
@@ -280,6 +286,7 @@ def _check_the_cluster_run(project: Path, proc: subprocess.Popen, before: set[st
     for rule, count in (
         ("preprocess", 1),
         ("reference_stats", 1),
+        ("progress", 1),
         ("sample", 1),
         ("evaluate", 1),
         ("summary", 1),
@@ -289,11 +296,12 @@ def _check_the_cluster_run(project: Path, proc: subprocess.Popen, before: set[st
     assert sum(c.startswith("rule_train") and "T~20" in c for c in rules) == 2, rules
     assert {j["state"] for j in jobs if j["id"] != running[0]["id"]} == {"COMPLETED"}
     assert output.count("has been submitted with SLURM jobid") == len(jobs)
-    # The GPU requests reached the scheduler, not stripped: every training, sampling and
-    # evaluation job asked for one GPU (and ran, so it got one), and no other job asked.
+    # The GPU requests reached the scheduler, not stripped: every training, progress, sampling
+    # and evaluation job asked for one GPU (and ran, so it got one), and no other job asked.
+    gpu_rules = ("rule_train", "rule_progress", "rule_sample", "rule_evaluate")
     for job in jobs:
         details = _run("scontrol", "show", "job", "--oneliner", job["id"]).stdout
-        wants_gpu = job["comment"].startswith(("rule_train", "rule_sample", "rule_evaluate"))
+        wants_gpu = job["comment"].startswith(gpu_rules)
         assert ("TresPerJob=gres:gpu:1" in details) == wants_gpu, details
 
     # No process of any job lives on, the cancelled one's included (a job step's processes

@@ -50,10 +50,24 @@ EXPECTED_CODE = {
         "devices.py",
         "images.py",
     },
+    "progress": {
+        "progress.py",
+        "sampling.py",
+        "model.py",
+        "unet.py",
+        "presets.py",
+        "diffusion.py",
+        "schedules.py",
+        "devices.py",
+        "images.py",
+        "metrics.py",
+        "features.py",
+    },
     "evaluate": {"metrics.py", "features.py", "devices.py"},
-    "summary": {"report.py", "schedules.py"},
+    "summary": {"report.py", "schedules.py", "verdict.py"},
     "report": {
         "report.py",
+        "verdict.py",
         "schedules.py",
         "images.py",
         "dataset.py",  # imported inside build_report: the scan sees function-level imports
@@ -92,12 +106,13 @@ def test_a_code_change_changes_exactly_the_fingerprints_of_the_stages_that_run_i
     with open(package / "unet.py", "a") as f:
         f.write("# edited\n")
     after = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
-    assert {n for n in before if before[n] != after[n]} == {"train", "sample"}
-    # images.py is training's side code (its preview grids): sampling and the report rerun
+    assert {n for n in before if before[n] != after[n]} == {"train", "sample", "progress"}
+    # images.py is training's side code (its preview grids): sampling (also in progress) and
+    # the report rerun
     with open(package / "images.py", "a") as f:
         f.write("# edited\n")
     again = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
-    assert {n for n in after if after[n] != again[n]} == {"sample", "report"}
+    assert {n for n in after if after[n] != again[n]} == {"sample", "progress", "report"}
 
 
 def test_sampler_axes_make_variants_of_the_same_networks():
@@ -183,6 +198,8 @@ def test_settings_files_hold_exactly_what_each_stage_reads():
         "reference_stats",
         "train/T~20",
         "train/T~30",
+        "progress/T~20",
+        "progress/T~30",
         "sample/T~20/default",
         "sample/T~30/default",
         "evaluate/T~20/default",
@@ -197,6 +214,9 @@ def test_settings_files_hold_exactly_what_each_stage_reads():
     assert files["sample/T~20/default"]["network"]["id"] == "T~20"
     assert files["evaluate/T~30/default"]["network"] != files["evaluate/T~20/default"]["network"]
     assert "network" not in files["train/T~20"]
+    # so does the job that scores a network's snapshots; it reads none of sampling's settings
+    assert files["progress/T~30"]["network"] == files["evaluate/T~30/default"]["network"]
+    assert set(files["progress/T~30"]["settings"]) == {"progress", "evaluate"}
     assert "batch_size" not in files["sample/T~20/default"]["settings"]["sample"]
     assert "workers" not in files["preprocess"]["settings"]["data"]
     assert "report" not in files["summary"]["settings"]

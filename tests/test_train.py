@@ -36,6 +36,7 @@ def write_config(path, **train_overrides):
             "checkpoint_every": 5,
             "log_every": 5,
             "ema_decay": 0.99,
+            "snapshot_every": 0,  # the snapshot test asks for them
             **train_overrides,
         },
         "sample": {
@@ -228,6 +229,45 @@ def test_more_steps_resume_and_a_finished_run_finishes_again(setup, tmp_path):
     assert_same_weights(ema_weights(out), ema_weights(straight))
     assert [r["step"] for r in read_log(out / "train_log.csv")] == list(range(5, 21, 5))
     assert again["final_loss"] == first["final_loss"] and again["steps"] == 20
+
+
+def test_snapshots_are_the_ema_weights_at_their_steps_and_survive_a_resume(setup, tmp_path):
+    """Every 5 steps a snapshot in final.pt's format: 10 steps then 10 more give the snapshots
+    of 20 straight (the one at step 10 is made on resuming: the first run ended there with
+    final.pt); a restart with other settings replaces the old ones."""
+    config, data = setup
+    every = {"train.snapshot_every": 5}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_training(config, data, straight, {"train.steps": 20, **every})
+    index = json.loads((straight / "snapshots.json").read_text())
+    assert index == {
+        "network": RUN,
+        "snapshots": [
+            {"step": k, "images_seen": 8 * k, "file": f"step_{k:07d}.pt"} for k in (5, 10, 15)
+        ],
+    }
+    run_training(config, data, resumed, {"train.steps": 10, **every})
+    assert [
+        e["step"] for e in json.loads((resumed / "snapshots.json").read_text())["snapshots"]
+    ] == [5]
+    assert_same_weights(
+        ema_weights(resumed), read_final(straight / "snapshots/step_0000010.pt")["ema"]
+    )
+    run_training(config, data, resumed, {"train.steps": 20, **every})
+    assert (resumed / "snapshots.json").read_text() == (straight / "snapshots.json").read_text()
+    for k in (5, 10, 15):
+        a, b = (read_final(d / f"snapshots/step_{k:07d}.pt") for d in (straight, resumed))
+        assert a["step"] == b["step"] == k and a["images_seen"] == 8 * k
+        assert_same_weights(a["ema"], b["ema"])
+
+    changed = {"train.steps": 10, "train.lr": 5.0e-4, **every}
+    run_training(config, data, resumed, changed, restart_if_changed=True)
+    assert sorted(p.name for p in (resumed / "snapshots").iterdir()) == ["step_0000005.pt"]
+    run_training(config, data, tmp_path / "fresh", changed)
+    assert_same_weights(
+        read_final(resumed / "snapshots/step_0000005.pt")["ema"],
+        read_final(tmp_path / "fresh/snapshots/step_0000005.pt")["ema"],
+    )
 
 
 def test_fewer_steps_than_the_checkpoint_is_a_different_training(setup, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ddpm.verdict import assess, axis_sentence, caveat, compare, headline
+from ddpm.verdict import assess, axis_sentence, caveat, compare, convergence, headline
 
 
 def rows_of(fids: dict, grid: dict, std: float = 1.0) -> list[dict]:
@@ -16,9 +16,11 @@ def rows_of(fids: dict, grid: dict, std: float = 1.0) -> list[dict]:
     rows = []
     for combo in itertools.product(*grid.values()):
         params = dict(zip(grid, combo, strict=True))
+        run_id = "_".join(f"{k}~{v}" for k, v in params.items())
         rows.append(
             {
-                "run_id": "_".join(f"{k}~{v}" for k, v in params.items()),
+                "run_id": run_id,
+                "network": run_id,
                 "params": params,
                 "fid": fids.get(combo),
                 "fid_std": std if combo in fids else None,
@@ -165,3 +167,41 @@ def test_missing_runs_and_bundle_axes():
     )
     assert headline(verdict)[0] == "Lowest FID: T = 350, sampler = ddpm (30 ± 1)."
     assert headline(assess(rows_of({}, {"T": [1]}), {"T": [1]})) == ["No run has been scored yet."]
+
+
+def _points(*fids, std=1.0):
+    return [
+        {"step": 100 * (i + 1), "images_seen": 3200 * (i + 1), "fid": f, "fid_std": std}
+        for i, f in enumerate(fids)
+    ]
+
+
+def test_convergence_compares_the_last_point_with_the_one_before_within_their_noise():
+    """Errors of 1: the last two points must differ by more than 2 x 1.41 = 2.83."""
+    assert convergence("a", _points(80, 60, 50)).state == "improving"  # -10
+    assert convergence("a", _points(80, 60, 58)).state == "flat"  # -2
+    assert convergence("a", _points(80, 50, 55)).state == "worse"  # +5
+    assert convergence("a", _points(80)).state == "unknown"
+    assert convergence("a", _points(80, 70, std=None)).state == "unknown"
+    curve = convergence("T~350", _points(80, 60, 50))
+    assert curve.sentence == (
+        "T~350: FID 60 at step 200 to 50 at step 300, still improving at the end: the ranking "
+        "may change with longer training."
+    )
+
+
+def test_the_headline_says_whether_training_had_converged():
+    grid = {"T": [350, 1000]}
+    rows = rows_of({(350,): 60.0, (1000,): 50.0}, grid)
+    unknown = headline(assess(rows, grid))
+    assert "Whether training had converged is unknown: set train.snapshot_every" in unknown[-2]
+    progress = {"T~350": _points(80, 60, 59), "T~1000": _points(90, 70, 50)}
+    lines = headline(assess(rows, grid, progress))
+    assert lines[-2] == (
+        "FID was still improving at the end of training for 1 of 2 networks (T~1000): the "
+        "ranking may change with longer training."
+    )
+    progress["T~1000"] = _points(90, 70, 69)
+    assert headline(assess(rows, grid, progress))[-2] == (
+        "FID had stopped improving beyond its noise by the end of training for every network."
+    )

@@ -30,14 +30,15 @@ from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
     project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     assert planned_jobs(project) == {
-        # 4 stages that run once, 4 networks' training, 4 x 5 sampler variants x (sample,
-        # evaluate), summary, report
-        "settings": 50,
+        # 4 stages that run once, 4 networks' training and progress, 4 x 5 sampler variants x
+        # (sample, evaluate), summary, report
+        "settings": 54,
         "download": 1,
         "preprocess": 1,
         "inception_weights": 1,
         "reference_stats": 1,
         "train": 4,
+        "progress": 4,
         "sample": 20,
         "evaluate": 20,
         "summary": 1,
@@ -86,7 +87,13 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     cfg = {
         **TINY,
         "grid": {"T": [20]},
-        "train": {**TINY["train"], "steps": 200, "checkpoint_every": 20, "log_every": 10},
+        "train": {
+            **TINY["train"],
+            "steps": 200,
+            "checkpoint_every": 20,
+            "log_every": 10,
+            "snapshot_every": 50,
+        },
     }
     project = make_project(tmp_path / "project", cfg)
     checkpoint = project / "results/runs/T~20/checkpoint.pt"
@@ -101,17 +108,17 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     )
     try:
         start = time.time()
-        while not checkpoint.exists():
+        first_snapshot = project / "results/runs/T~20/snapshots/step_0000050.pt"
+        while not first_snapshot.exists():  # then a rerun that lost it could not make it again
             assert proc.poll() is None and time.time() - start < 300, "training never started"
             time.sleep(0.05)
-        time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=120) != 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     interrupted_at = read_checkpoint(checkpoint)["step"]
-    assert 0 < interrupted_at < 200, "the interrupt landed mid-training"
+    assert 50 <= interrupted_at < 200, "the interrupt landed mid-training"
     assert not (project / "results/runs/T~20/final.pt").exists()
     assert _ddpm_processes(project) == []
 
@@ -151,6 +158,14 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
         summary["final_loss"]
         == json.loads((straight / "train_summary.json").read_text())["final_loss"]
     )
+    # The snapshots made before the interrupt survived Snakemake's cleanup of the job's outputs.
+    index = json.loads((run / "snapshots.json").read_text())
+    assert index == json.loads((straight / "snapshots.json").read_text())
+    assert [e["step"] for e in index["snapshots"]] == [50, 100, 150]
+    for entry in index["snapshots"]:
+        ours = read_final(run / "snapshots" / entry["file"])["ema"]
+        theirs = read_final(straight / "snapshots" / entry["file"])["ema"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), entry["file"]
 
 
 @pytest.mark.parametrize(

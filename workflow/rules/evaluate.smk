@@ -47,3 +47,22 @@ rule evaluate:
         tune=get_tuning("evaluate"),
     shell:
         get_shell("evaluate")
+
+
+rule progress:
+    input:
+        **get_inputs("progress"),
+    output:
+        **get_outputs("progress"),
+    log:
+        f"{RESULTS}/logs/progress/{{network}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/progress/{{network}}.tsv"
+    conda:
+        "../envs/ddpm.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        tune=get_tuning("progress"),
+    shell:
+        get_shell("progress")
