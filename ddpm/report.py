@@ -519,6 +519,13 @@ def _progress_plot(verdict: Verdict) -> str:
     return _figure_uri(fig)
 
 
+def _grid_as_ids(cfg: Config) -> dict[str, list[str]]:
+    """The grid's axes in the order run ids spell them, values as run ids spell them."""
+    the_plan = plan(cfg)
+    order = the_plan.network_axes + the_plan.variant_axes
+    return {k: [format_value(v) for v in cfg.grid[k]] for k in order}
+
+
 def _by_network(rows: list[dict]) -> list[dict]:
     """The rows grouped by trained network, in grid order: the network's first variant is shown,
     the others are one click away."""
@@ -598,7 +605,7 @@ def build_report(
         "budgets": leaders,
         "costs": _training_costs(rows),
         "seed_rows": [r for r in rows if r["seed_setting"]],
-        "grid": {k: [format_value(v) for v in values] for k, values in cfg.grid.items()},
+        "grid": _grid_as_ids(cfg),
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
         "plots": _plots(cfg, rows, runs_dir, floor, leaders, verdict),
         "test_weights": test_weights,

@@ -1,26 +1,28 @@
 """The verdict on settings: which differences in FID the sweep can tell apart, and how sure it is.
 
 Runs whose grid settings differ only in a seed (`train.seed`, `sample.seed`) are replicates of one
-*setting*. A setting's FID is the mean over its replicates, with a standard error from one of
-three sources, stated wherever it is used:
+*setting*. A setting's FID is the mean over its replicates. Its standard error comes from one of
+these sources, stated wherever it is used:
 
-- ``training seeds``: the spread of the replicates' FIDs (sample standard deviation, n - 1 degrees
-  of freedom). Each replicate's FID carries its own sampling noise, so this spread holds both
-  training-seed and sampling variance.
-- ``sampling seeds``: replicates that differ in `sample.seed` only (one network): the same, but
-  the spread is sampling variance alone.
-- ``pooled seeds``: a setting with one run in a sweep where other settings have replicates takes
-  the pooled within-setting variance of those (assumes the seed spread does not depend on the
-  setting).
+- ``training seeds``: the seeds' spread, pooled over every setting of the sweep that has
+  replicates (the within-setting variance of a one-way layout, sum(n_i - 1) degrees of freedom),
+  over sqrt(n). Each replicate's FID carries its own sampling noise, so the spread holds both
+  training-seed and sampling variance. Pooling assumes the seed spread does not depend on the
+  setting; it is what makes two or three seeds per setting enough to conclude anything (Welch's
+  t on two seeds a side has one to two degrees of freedom, and a 95% interval 6 to 13 times its
+  standard error).
+- ``sampling seeds``: the same for replicates that differ in `sample.seed` only (one network):
+  then the spread is sampling variance alone.
+- ``pooled seeds``: a setting with one run where others have replicates: the pooled spread.
 - ``sampling``: no replicates anywhere; the half-sampling standard deviation of the one FID.
   Training-seed variance is then unknown, and a difference called distinguishable may still be
   one seed's luck.
 
-Two settings are compared by the difference of their means. With seed-based errors this is
-Welch's t-test: the difference is distinguishable when its two-sided 95 % interval
-(t quantile at the Welch-Satterthwaite degrees of freedom) excludes zero. With sampling errors
-only, it is distinguishable beyond `DISTINGUISHABLE_SIGMAS` standard deviations of the difference,
-the report's rule for single runs.
+Two settings are compared by the difference of their means. With the pooled seed spread this is
+Student's t-test: the difference is distinguishable when its two-sided 95 % interval (t quantile
+at the pooled degrees of freedom) excludes zero. With sampling errors only, it is
+distinguishable beyond `DISTINGUISHABLE_SIGMAS` standard deviations of the difference, the
+report's rule for single runs.
 
 The effect of a grid axis is the difference between each of its levels and its first level,
 at every combination of the other axes' levels (a "slice"), so an effect that depends on another
@@ -40,7 +42,7 @@ SEED_KEYS = ("train.seed", "sample.seed")  # grid keys that make replicates, not
 # Two FIDs with sampling noise only are told apart beyond this many standard deviations of their
 # difference.
 DISTINGUISHABLE_SIGMAS = 2.0
-CONFIDENCE = 0.95  # two-sided, for the Welch interval
+CONFIDENCE = 0.95  # two-sided, for the t interval
 TIES_NAMED = 3  # the headline names this many settings tied with the best, then counts the rest
 Source = Literal["training seeds", "sampling seeds", "pooled seeds", "sampling"]
 
@@ -94,7 +96,7 @@ class Difference:
     se: float | None
     df: float | None
     distinguishable: bool
-    half_width: float | None  # of the interval: 95 % (Welch) or DISTINGUISHABLE_SIGMAS * se
+    half_width: float | None  # of the interval: 95 % (t) or DISTINGUISHABLE_SIGMAS * se
     basis: str
 
     @property
@@ -149,27 +151,16 @@ def t_quantile(p: float, df: float) -> float:
     return float(stats.t.ppf(p, df))
 
 
-def welch(
-    mean_a: float, se_a: float, df_a: float, mean_b: float, se_b: float, df_b: float
-) -> tuple[float, float, float]:
-    """Welch's comparison of two means from their standard errors and the errors' degrees of
-    freedom: (difference, its standard error, Welch-Satterthwaite degrees of freedom)."""
-    var = se_a**2 + se_b**2
-    denominator = se_a**4 / df_a + se_b**4 / df_b
-    df = var**2 / denominator if denominator > 0 else math.inf
-    return mean_a - mean_b, math.sqrt(var), df
-
-
 def compare(a: Setting, b: Setting) -> Difference:
     delta = a.mean - b.mean
     if a.se is None or b.se is None:
         return Difference(a, b, delta, None, None, False, None, "no noise estimate: no claim")
-    if a.df is not None and b.df is not None:
-        _, se, df = welch(a.mean, a.se, a.df, b.mean, b.se, b.df)
-        half = t_quantile(0.5 + CONFIDENCE / 2, df) * se if se > 0 else 0.0
-        basis = f"Welch's t on seed replicates ({df:.1f} degrees of freedom)"
-        return Difference(a, b, delta, se, df, abs(delta) > half, half, basis)
     se = math.hypot(a.se, b.se)
+    if a.df is not None and b.df is not None:  # both from the one pooled seed spread
+        df = min(a.df, b.df)
+        half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
+        basis = f"t-test on the seed spread pooled over the sweep ({df:g} degrees of freedom)"
+        return Difference(a, b, delta, se, df, abs(delta) > half, half, basis)
     half = DISTINGUISHABLE_SIGMAS * se
     return Difference(a, b, delta, se, None, abs(delta) > half, half, "sampling noise only")
 
@@ -187,26 +178,27 @@ def settings_of(rows: list[dict], axes: list[str]) -> list[Setting]:
     for row in rows:
         if row.get("fid") is not None:
             groups.setdefault(_key(row, axes), []).append(row)
-    # Pooled within-setting variance of the settings that have training-seed replicates.
-    dfs = {k: len(g) - 1 for k, g in groups.items() if len(g) > 1 and _train_seeds(g)}
-    pooled_df = sum(dfs.values())
+    # The within-setting variance, pooled over the settings that have replicates.
+    replicated = [[r["fid"] for r in g] for g in groups.values() if len(g) > 1]
+    pooled_df = sum(len(v) - 1 for v in replicated)
     pooled_var = (
-        sum(_std([r["fid"] for r in groups[k]]) ** 2 * d for k, d in dfs.items()) / pooled_df
-        if pooled_df
-        else None
+        sum(_std(v) ** 2 * (len(v) - 1) for v in replicated) / pooled_df if pooled_df else 0
     )
     out = []
     for key, runs in groups.items():
         values = [r["fid"] for r in runs]
         mean = sum(values) / len(values)
-        if len(runs) > 1:
-            source: Source = "training seeds" if _train_seeds(runs) else "sampling seeds"
-            se, df = _std(values) / math.sqrt(len(runs)), len(runs) - 1.0
-        elif pooled_var is not None:
-            source, se, df = "pooled seeds", math.sqrt(pooled_var), float(pooled_df)
+        if pooled_df:
+            source: Source = (
+                "pooled seeds"
+                if len(runs) == 1
+                else "training seeds"
+                if _train_seeds(runs)
+                else "sampling seeds"
+            )
+            se, df = math.sqrt(pooled_var / len(runs)), float(pooled_df)
         else:
-            std = runs[0].get("fid_std")
-            source, se, df = "sampling", std, None
+            source, se, df = "sampling", runs[0].get("fid_std"), None
         out.append(Setting(key, tuple(runs), mean, se, df, source))
     return out
 
@@ -412,10 +404,12 @@ def caveat(verdict: Verdict) -> str:
     if verdict.replicated:
         n = sorted({s.n for s in verdict.settings if s.source == "training seeds"})
         counts = " or ".join(str(k) for k in n)
+        df = verdict.settings[0].df
         return (
-            f"Errors include training-seed variance ({counts} seeds per setting; Welch's t, "
-            f"{CONFIDENCE:.0%} intervals). With few seeds the intervals are wide: a difference "
-            "not called distinguishable may still be real."
+            f"Errors include training-seed variance ({counts} seeds per setting; their spread "
+            f"pooled over the sweep, {df:g} degrees of freedom; t-test, {CONFIDENCE:.0%} "
+            "intervals). With few seeds the intervals are wide: a difference not called "
+            "distinguishable may still be real."
         )
     return (
         "Training-seed variance is unknown: each setting was trained once, and the errors are "

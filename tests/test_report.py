@@ -382,7 +382,7 @@ SWEEP = {
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """The real config's shape with two training seeds: 4 settings x 5 samplers x 2 seeds, from
-    fabricated files. Cosine is 10 better at T = 350 and ties at T = 1000; the seeds differ by 3;
+    fabricated files. Cosine is 10 better at T = 350 and ties at T = 1000; the seeds differ by 6;
     fewer sampling steps cost 20 / steps (0.2 to 2: within the noise)."""
     root = tmp_path_factory.mktemp("sweep")
     cfg = config_from_dict(
@@ -408,7 +408,7 @@ def sweep(tmp_path_factory):
         base -= 15.0 if p["T"] == 1000 else 0.0
         for variant, nfe in variants.items():
             path = root / "runs" / network.id / variant / "metrics.json"
-            fid = base + 3.0 * p["train.seed"] + 20.0 / min(nfe, 100)
+            fid = base + 6.0 * p["train.seed"] + 20.0 / min(nfe, 100)
             path.write_text(
                 json.dumps({**json.loads(path.read_text()), "fid": fid, "fid_std": 0.3})
             )
@@ -431,24 +431,26 @@ def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
     verdict = context["verdict"]
     assert len(context["rows"]) == 40 and len(verdict.settings) == 20
     assert all(s.n == 2 and s.source == "training seeds" for s in verdict.settings)
-    # Seeds 3 apart: each setting's mean has a standard error of 1.5 on 1 degree of freedom.
-    assert {round(s.se, 9) for s in verdict.settings} == {1.5}
+    # Seeds 6 apart: a variance of 18 in every setting, pooled over 20 settings (20 degrees of
+    # freedom); each mean's standard error is sqrt(18 / 2) = 3.
+    assert {round(s.se, 9) for s in verdict.settings} == {3.0}
+    assert {s.df for s in verdict.settings} == {20.0}
     # The best at each sampling budget is a setting (its seeds' mean), never one seed's run.
     at_100 = context["budgets"][100]
     assert at_100["best"]["run_id"] == "T~1000_schedule~cosine_sampler~ddim-100 (2 seeds)"
-    assert at_100["best"]["fid_std"] == pytest.approx(1.5) and at_100["tied"]
+    assert at_100["best"]["fid_std"] == pytest.approx(3.0) and at_100["tied"]
     html = out.read_text()
     verdict_html = html.split('<ul id="verdict">')[1].split("</ul>")[0]
-    # Two seeds per setting: Welch on 2 degrees of freedom, half-width 4.30 x 2.12 = 9.1. Cosine's
-    # 10 at T = 350 is (just) told apart, T = 1000's 5 under cosine is not, although 5 FID is 12
-    # sampling standard deviations (0.3 each).
+    # Differences have a standard error of 3 sqrt(2) = 4.24 and a 95% half-width of 2.086 x 4.24
+    # = 8.85. Cosine's 10 at T = 350 is told apart; T = 1000's 5 under cosine is not, although 5
+    # FID is 12 sampling standard deviations (0.3 each).
     assert (
         "<li>schedule = cosine against schedule = linear depends on the other settings: cosine is"
-        " better at T = 350 (-10 ± 2.1); not distinguishable at T = 1000 (+0 ± 2.1).</li>"
+        " better at T = 350 (-10 ± 4.2); not distinguishable at T = 1000 (+0 ± 4.2).</li>"
     ) in verdict_html
     assert (
         "<li>T = 1000 against T = 350 depends on the other settings: 1000 is better at schedule ="
-        " linear (-15 ± 2.1); not distinguishable at schedule = cosine (-5 ± 2.1).</li>"
+        " linear (-15 ± 4.2); not distinguishable at schedule = cosine (-5 ± 4.2).</li>"
     ) in verdict_html
     assert "<li>sampler: no level is distinguishable from sampler = ddpm" in verdict_html
     assert "Errors include training-seed variance (2 seeds per setting" in verdict_html

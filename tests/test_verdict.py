@@ -29,9 +29,10 @@ def rows_of(fids: dict, grid: dict, std: float = 1.0) -> list[dict]:
     return rows
 
 
-def test_welch_agrees_with_scipy():
-    """Unequal numbers of seeds and spreads: the difference, its error, the degrees of freedom
-    and the 95% interval are those of scipy's Welch test."""
+def test_the_t_test_agrees_with_scipy():
+    """Two settings with 3 and 5 seeds and different spreads: the difference, its error, the
+    degrees of freedom and the 95% interval are those of scipy's two-sample t-test (pooled
+    variance)."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(40, 2, 3), rng.normal(45, 5, 5)
     grid = {"schedule": ["linear", "cosine"], "train.seed": [0, 1, 2, 3, 4]}
@@ -43,10 +44,10 @@ def test_welch_agrees_with_scipy():
     )
     assert (linear.n, cosine.n) == (3, 5) and linear.source == "training seeds"
     diff = compare(linear, cosine)
-    ref = stats.ttest_ind(a, b, equal_var=False)
+    ref = stats.ttest_ind(a, b, equal_var=True)
     assert diff.delta == pytest.approx(a.mean() - b.mean(), rel=1e-12)
     assert diff.delta / diff.se == pytest.approx(ref.statistic, rel=1e-12)
-    assert diff.df == pytest.approx(ref.df, rel=1e-12)
+    assert diff.df == ref.df == 6
     low, high = ref.confidence_interval(0.95)
     assert diff.delta - diff.half_width == pytest.approx(low, rel=1e-10)
     assert diff.delta + diff.half_width == pytest.approx(high, rel=1e-10)
@@ -67,7 +68,7 @@ def test_a_seed_spread_larger_than_sampling_noise_overrules_it():
     single = abs(50.0 - 54.0) / math.hypot(0.5, 0.5)
     assert single > 2  # what a sampling-noise-only verdict on seed 0 would call distinguishable
     diff = compare(cosine, linear)
-    assert diff.delta == 4.0 and not diff.distinguishable and diff.basis.startswith("Welch")
+    assert diff.delta == 4.0 and not diff.distinguishable and diff.basis.startswith("t-test")
     assert verdict.replicated and "training-seed variance" in caveat(verdict)
 
     steady = {("linear", 0): 50.0, ("linear", 1): 50.4, ("cosine", 0): 55.0, ("cosine", 1): 55.2}
@@ -97,8 +98,8 @@ def test_without_replicates_the_verdict_uses_sampling_noise_and_says_so():
 
 
 def test_a_setting_with_one_seed_takes_the_pooled_seed_spread():
-    """One replicate of cosine is missing: cosine's error is the pooled spread of the settings
-    that have seeds, with their degrees of freedom."""
+    """One replicate of cosine is missing: every setting's error comes from the spread pooled
+    over the settings that have seeds (variances 4 and 16 on 2 degrees of freedom each)."""
     grid = {"schedule": ["linear", "cosine", "sigmoid"], "train.seed": [0, 1, 2]}
     fids = {
         ("linear", 0): 50.0,
@@ -112,8 +113,8 @@ def test_a_setting_with_one_seed_takes_the_pooled_seed_spread():
     verdict = assess(rows_of(fids, grid), grid)
     cosine = verdict.setting({"schedule": "cosine"})
     assert cosine.source == "pooled seeds" and cosine.n == 1
-    assert cosine.se == pytest.approx(math.sqrt((4 * 2 + 16 * 2) / 4)) and cosine.df == 4
-    assert verdict.setting({"schedule": "linear"}).se == pytest.approx(2 / math.sqrt(3))
+    assert cosine.se == pytest.approx(math.sqrt(10)) and cosine.df == 4
+    assert verdict.setting({"schedule": "linear"}).se == pytest.approx(math.sqrt(10 / 3))
 
 
 def test_an_effect_that_depends_on_another_axis_is_reported_per_slice():
