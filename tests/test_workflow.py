@@ -61,9 +61,10 @@ def test_a_configfile_grid_replaces_the_default_grid(tmp_path):
     project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
     jobs = planned_jobs(project, "--configfile", "config/demo.yaml")
-    networks = len(demo["grid"]["T"]) * len(demo["grid"]["schedule"])
+    networks = len(demo["grid"]["schedule"]) * len(demo["grid"]["train.seed"])
     variants = networks * len(demo["grid"]["sample.steps"])
-    assert (jobs["train"], jobs["sample"], jobs["evaluate"]) == (networks, variants, variants)
+    planned = (jobs["train"], jobs["progress"], jobs["sample"], jobs["evaluate"])
+    assert planned == (networks, networks, variants, variants)
 
 
 def _ddpm_processes(project):
