@@ -440,6 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_progress_bars() -> None:
+    """Close every progress bar still open, so that the error line starts a line of its own. A
+    bar is left open when the interrupt lands between its first drawing and the `with` that
+    would close it, and its last drawing ends without a newline."""
+    std = sys.modules.get("tqdm.std")  # no bar was ever drawn without it
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can meet ends in one `error:` line and an exit
     code: 2 for a mistake in the input, 1 for a refusal of the operating system (the path and
@@ -449,17 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command].run(args)
+        return 0
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+        message, code = str(e), getattr(e, "exit_code", 2)
     except OSError as e:
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
+        message, code = describe_os_error(e), 1
     except KeyboardInterrupt:
-        print(
-            f"error: {args.command} interrupted (Ctrl-C); nothing half-written was kept. Run the "
-            "same command again to redo it.",
-            file=sys.stderr,
+        message = (
+            f"{args.command} interrupted (Ctrl-C); nothing half-written was kept. Run the same "
+            "command again to redo it."
         )
-        return 130
-    return 0
+        code = 130
+    _end_progress_bars()
+    # Ctrl-C can land in the middle of a bar's drawing, whose line then has no end: as click's
+    # "Aborted!" does, start on a fresh line.
+    print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
+    return code

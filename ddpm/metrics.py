@@ -340,6 +340,20 @@ def _load_reference(path: str | Path) -> dict:
     return ref
 
 
+def load_reference(
+    reference: str | Path, weights: str | Path, sha256_prefix: str
+) -> tuple[dict, dict]:
+    """The checked weights' description and the reference computed with those very weights."""
+    info = check_weights(weights, sha256_prefix)
+    ref = _load_reference(reference)
+    if ref["weights_sha256"] != info["sha256"]:
+        raise MetricsError(
+            f"{reference} was computed with other Inception weights than {weights}; "
+            "run `python -m ddpm reference-stats` again with these weights"
+        )
+    return info, ref
+
+
 def check_compatible(
     samples: str | Path,
     record: dict,
@@ -386,13 +400,7 @@ def evaluate(
     `out_dir`; returns both merged. `variant` (network/variant) is the run the samples must be
     of, where their record says."""
     files = VariantFiles(check_output_dir(out_dir))
-    info = check_weights(weights, eval_cfg.weights_sha256_prefix)
-    ref = _load_reference(reference)
-    if ref["weights_sha256"] != info["sha256"]:
-        raise MetricsError(
-            f"{reference} was computed with other Inception weights than {weights}; "
-            "run `python -m ddpm reference-stats` again with these weights"
-        )
+    info, ref = load_reference(reference, weights, eval_cfg.weights_sha256_prefix)
     images, record = read_samples(samples)
     check_compatible(samples, record, images, reference, ref, variant)
     device = select_device(eval_cfg.device, exclusive=True)

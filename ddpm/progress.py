@@ -22,14 +22,12 @@ from ddpm.devices import select_device
 from ddpm.files import atomic_write_json, check_output_file
 from ddpm.layout import POINT_KEYS, ArtefactError, NetworkFiles, read_json
 from ddpm.metrics import (
-    MetricsError,
     RealStats,
-    _load_reference,
     check_compatible,
-    check_weights,
     extract_features,
     fid_spread,
     load_inception,
+    load_reference,
 )
 from ddpm.sampling import load_network, sample_batches
 
@@ -62,13 +60,7 @@ def measure(
     pc = cfg.progress
     expected = network and {"network": network["id"], "settings_digest": network["settings_digest"]}
     points = snapshot_files(index_path, network and network["id"])
-    info = check_weights(weights, cfg.evaluate.weights_sha256_prefix)
-    ref = _load_reference(reference)
-    if ref["weights_sha256"] != info["sha256"]:
-        raise MetricsError(
-            f"{reference} was computed with other Inception weights than {weights}; "
-            "run `python -m ddpm reference-stats` again with these weights"
-        )
+    info, ref = load_reference(reference, weights, cfg.evaluate.weights_sha256_prefix)
     # The sampler of every point: deterministic DDIM, the same seeds, a fixed number of images.
     sc = dataclasses.replace(
         SampleConfig(),

@@ -288,3 +288,36 @@ def small_disk(path: Path, size_kb: int = 64, *, full: bool = False, read_only: 
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def train_network(root: Path, config: dict, network: str, out: Path) -> None:
+    """Train `network` of `config` by hand, on the dataset root/data.npy."""
+    from ddpm.config import config_from_dict
+    from ddpm.stages import prepare
+    from ddpm.train import train
+
+    job_cfg, document = prepare("train", config_from_dict(config), network)
+    train(job_cfg, network, root / "data.npy", out, identity=document, progress=False)
+
+
+def scored_network(root: Path, config: dict, network: str) -> Path:
+    """What the stages after training read, made by hand in `root`: config.yaml, data.npy, the
+    trained network in run/, random test Inception weights and the reference statistics."""
+    from ddpm.config import config_from_dict
+    from ddpm.data import preprocess
+    from ddpm.metrics import make_test_inception, reference_stats
+    from ddpm.stages import prepare
+
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    cfg = config_from_dict(config)
+    preprocess(cfg.data, root / "data.npy", progress=False)
+    train_network(root, config, network, root / "run")
+    make_test_inception(root / "weights.pth")
+    reference_stats(
+        prepare("reference_stats", cfg)[0].evaluate,
+        root / "data.npy",
+        root / "weights.pth",
+        root / "reference.pt",
+        progress=False,
+    )
+    return root

@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, small_disk
+from conftest import TINY, scored_network, small_disk
 from PIL import Image
 
 from ddpm.cli import main
-from ddpm.config import config_from_dict
-from ddpm.data import preprocess
 from ddpm.layout import write_samples
-from ddpm.metrics import make_test_inception, reference_stats
-from ddpm.stages import prepare
-from ddpm.train import train
 
 NETWORK = "T~20"
 CONFIG = {**TINY, "grid": {"T": [20]}, "train": {**TINY["train"], "steps": 3}}
@@ -36,20 +31,7 @@ CONFIG = {**TINY, "grid": {"T": [20]}, "train": {**TINY["train"], "steps": 3}}
 def good(tmp_path_factory):
     """Valid inputs for every stage: config, dataset, trained network, weights, reference,
     samples. Cases copy what they break."""
-    root = tmp_path_factory.mktemp("good")
-    (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    cfg = config_from_dict(CONFIG)
-    preprocess(cfg.data, root / "data.npy", progress=False)
-    job_cfg, document = prepare("train", cfg, NETWORK)
-    train(job_cfg, NETWORK, root / "data.npy", root / "run", identity=document, progress=False)
-    make_test_inception(root / "weights.pth")
-    reference_stats(
-        prepare("reference_stats", cfg)[0].evaluate,
-        root / "data.npy",
-        root / "weights.pth",
-        root / "reference.pt",
-        progress=False,
-    )
+    root = scored_network(tmp_path_factory.mktemp("good"), CONFIG, NETWORK)
     rng = np.random.default_rng(0)
     np.savez(root / "samples.npz", images=rng.integers(0, 255, (8, 3, 16, 16), dtype=np.uint8))
     return root
@@ -692,6 +674,21 @@ def test_preprocessing_onto_a_disk_too_small_says_how_much_it_needs(tmp_path, ca
         assert list(d.iterdir()) == []
 
 
+def test_an_error_after_a_bar_left_open_still_starts_its_own_line(tmp_path, capsys):
+    """An interrupt that lands between a progress bar's first drawing and the `with` that would
+    close it leaves the bar's line unended (how CI saw the Ctrl-C case below fail): the error
+    line must still start a line."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=200_000, desc="synthetic", unit="img")  # drawn, never closed
+    assert main(["config", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: config file not found: {tmp_path / 'missing.yaml'}"
+    ], err
+    assert bar.disable, "the bar was closed"
+
+
 def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp_path):
     cfg = _config(tmp_path, data={"synthetic_count": 200_000, "image_size": 64})
     out = tmp_path / "out/data.npy"
@@ -703,7 +700,8 @@ def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp
     )
     try:
         seen = ""
-        while "synthetic" not in seen:  # the progress bar: it is working
+        # The bar's second drawing: it is generating images (not still starting up).
+        while seen.count("synthetic:") < 2:
             seen += proc.stderr.read(1)
             assert proc.poll() is None, seen
         os.killpg(proc.pid, signal.SIGINT)
@@ -715,6 +713,6 @@ def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp
     assert [line for line in err.splitlines() if line.startswith("error: ")] == [
         "error: preprocess interrupted (Ctrl-C); nothing half-written was kept. Run the same "
         "command again to redo it."
-    ]
+    ], err
     assert "Traceback" not in err
     assert not out.exists() and not list(tmp_path.rglob(".*.tmp*"))

@@ -6,15 +6,13 @@ import shutil
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, scored_network, train_network
 
 from ddpm.cli import main
 from ddpm.config import config_from_dict
-from ddpm.data import preprocess
-from ddpm.metrics import evaluate, make_test_inception, reference_stats
+from ddpm.metrics import evaluate
 from ddpm.sampling import generate
 from ddpm.stages import prepare
-from ddpm.train import train
 
 NETWORK = "T~20"
 CONFIG = {
@@ -25,28 +23,9 @@ CONFIG = {
 }
 
 
-def _train(root, config: dict, out):
-    cfg = config_from_dict(config)
-    job_cfg, document = prepare("train", cfg, NETWORK)
-    train(job_cfg, NETWORK, root / "data.npy", out, identity=document, progress=False)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progress")
-    (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    cfg = config_from_dict(CONFIG)
-    preprocess(cfg.data, root / "data.npy", progress=False)
-    _train(root, CONFIG, root / "run")
-    make_test_inception(root / "weights.pth")
-    reference_stats(
-        prepare("reference_stats", cfg)[0].evaluate,
-        root / "data.npy",
-        root / "weights.pth",
-        root / "reference.pt",
-        progress=False,
-    )
-    return root
+    return scored_network(tmp_path_factory.mktemp("progress"), CONFIG, NETWORK)
 
 
 def progress_cmd(root, run, out):
@@ -105,7 +84,7 @@ def test_each_snapshot_and_the_final_weights_are_scored_like_the_evaluate_stage(
 
 def test_a_snapshot_of_another_training_is_refused(trained, tmp_path, capsys):
     other = {**CONFIG, "train": {**CONFIG["train"], "lr": 5.0e-4}}
-    _train(trained, other, tmp_path / "other")
+    train_network(trained, other, NETWORK, tmp_path / "other")
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
     shutil.copy(tmp_path / "other/snapshots/step_0000003.pt", run / "snapshots/step_0000003.pt")
@@ -118,7 +97,7 @@ def test_a_snapshot_of_another_training_is_refused(trained, tmp_path, capsys):
 
 def test_without_snapshots_nothing_is_sampled(trained, tmp_path):
     config = {**CONFIG, "train": {**CONFIG["train"], "snapshot_every": 0}}
-    _train(trained, config, tmp_path / "run")
+    train_network(trained, config, NETWORK, tmp_path / "run")
     (trained / "none.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "progress.json"
     cmd = progress_cmd(trained, tmp_path / "run", out)
