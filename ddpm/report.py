@@ -273,10 +273,7 @@ def _effect_plots(verdict: Verdict, floor: float | None) -> str:
         for setting in verdict.settings:
             lines.setdefault(tuple(setting.get(k) for k in others), []).append(setting)
         for i, (combo, settings) in enumerate(lines.items()):
-            points = sorted(
-                (s for s in settings if s.get(axis) in levels),
-                key=lambda s: levels.index(s.get(axis)),
-            )
+            points = sorted(settings, key=lambda s: levels.index(s.get(axis)))
             x = [levels.index(s.get(axis)) for s in points]
             label = ", ".join(f"{k}={v}" for k, v in zip(others, combo, strict=True)) or "FID"
             ax.errorbar(

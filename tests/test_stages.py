@@ -24,6 +24,16 @@ def test_every_setting_is_read_by_some_stage_or_is_tuning():
 
 
 # What each stage's code is, stated independently of the import scan that computes it.
+SAMPLING = {
+    "sampling.py",
+    "model.py",
+    "unet.py",
+    "presets.py",
+    "diffusion.py",
+    "schedules.py",
+    "devices.py",
+    "images.py",
+}
 EXPECTED_CODE = {
     "download": {"data.py"},
     "preprocess": {"data.py", "dataset.py"},
@@ -40,29 +50,8 @@ EXPECTED_CODE = {
         "dataset.py",
         "devices.py",
     },
-    "sample": {
-        "sampling.py",
-        "model.py",
-        "unet.py",
-        "presets.py",
-        "diffusion.py",
-        "schedules.py",
-        "devices.py",
-        "images.py",
-    },
-    "progress": {
-        "progress.py",
-        "sampling.py",
-        "model.py",
-        "unet.py",
-        "presets.py",
-        "diffusion.py",
-        "schedules.py",
-        "devices.py",
-        "images.py",
-        "metrics.py",
-        "features.py",
-    },
+    "sample": SAMPLING,
+    "progress": SAMPLING | {"progress.py", "metrics.py", "features.py"},
     "evaluate": {"metrics.py", "features.py", "devices.py"},
     "summary": {"report.py", "schedules.py", "verdict.py"},
     "report": {
