@@ -1,5 +1,5 @@
-"""Evaluation speed: Inception feature extraction (images/s), ours (torchmetrics' Inception with
-channels_last, one pass feeding FID, IS and KID) against torch-fidelity's calculate_metrics on
+"""Evaluation speed: Inception feature extraction (images/s), ours (torch-fidelity's Inception module
+with channels_last, one pass feeding FID, IS and KID) against torch-fidelity's calculate_metrics on
 the same images and the same random-weight file (it runs the network once per metric input).
 
     python benchmarks/bench_evaluate.py [--images 128]
@@ -65,7 +65,7 @@ def main() -> None:
     r_ours, r_theirs = rate(t_ours, n), rate(t_theirs, n)
     rows = [
         [
-            "ours (torchmetrics Inception, channels_last)",
+            "ours (torch-fidelity's Inception module, channels_last)",
             f"{r_ours['per_s']:.1f}",
             f"{r_ours['per_s_min']:.1f}-{r_ours['per_s_max']:.1f}",
         ],

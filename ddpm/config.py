@@ -235,7 +235,7 @@ class EvaluateConfig:
     batch_size: int = setting(64, "images per Inception forward pass", ge=1, effect="tuning")
     device: Device = setting("auto", "auto = CUDA when present, else CPU")
     kid_subset_size: int = setting(1000, "KID subset size (capped at the number of images)", ge=2)
-    kid_subsets: int = setting(100, "KID subsets averaged", ge=1)
+    kid_subsets: int = setting(100, "KID subsets averaged (their spread is KID's +-)", ge=2)
     is_splits: int = setting(10, "Inception Score splits", ge=1)
     fid_halves: int = setting(
         20, "random halves of the generated images whose FIDs give FID's +- (0: none)", ge=0

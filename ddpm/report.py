@@ -63,7 +63,7 @@ FAR_FROM_NOISE = 1e-3  # alpha_bar_T above this: sampling from pure noise starts
 EPS_NEAR_ZERO = 1e-5  # flags cosine and sigmoid at any T; not linear (4e-5 at T = 1000)
 # The seed project's setting: T = 350 with betas rising linearly from 1e-4 to 2e-2.
 SEED_SETTING = {"T": 350, "schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2}
-PACKAGES = ["torch", "torchvision", "torchmetrics", "torch-fidelity", "numpy", "snakemake", "dvc"]
+PACKAGES = ["torch", "torchvision", "torch-fidelity", "numpy", "snakemake", "dvc"]
 
 
 def _read(path: Path) -> dict | None:

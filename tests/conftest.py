@@ -1,4 +1,5 @@
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import io
@@ -110,6 +111,27 @@ def fake_flowers(tmp_path):
     server = FileServer(tmp_path / "served")
     yield server, md5s
     server.close()
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A folder that `build(folder)` fills, made once per test run and shared by all pytest-xdist
+    workers (under this run's temporary root): the first worker to need it builds it while the
+    others wait on a lock. Expensive setups such as a trained and pushed pipeline are then paid
+    once, not once per worker. Users of the folder must only read it (copy it to change it)."""
+    if worker_id == "master":  # not distributed: one process, the usual per-run folder
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    runs = tmp_path_factory.getbasetemp().parent  # this run's root, the same for every worker
+    folder, done = runs / name, runs / f"{name}.done"
+    with open(runs / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 # -- the pipeline in a copy of the project -------------------------------------------------------
@@ -298,6 +320,30 @@ def train_network(root: Path, config: dict, network: str, out: Path) -> None:
 
     job_cfg, document = prepare("train", config_from_dict(config), network)
     train(job_cfg, network, root / "data.npy", out, identity=document, progress=False)
+
+
+# The trained and scored network that the stage tests share: one network, snapshots at step 3
+# and 6, a reference; see `scored_network`.
+SCORED_NETWORK = "T~20"
+SCORED_CONFIG = {
+    **TINY,
+    "grid": {"T": [20]},
+    "progress": {"steps": 3, "num_images": 10, "fid_halves": 4, "batch_size": 4, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory, worker_id) -> Path:
+    """`scored_network` of SCORED_CONFIG, plus 8 random 16 px samples in samples.npz: made once
+    per test run for all workers, and only read (tests copy what they change)."""
+
+    def build(root):
+        scored_network(root, SCORED_CONFIG, SCORED_NETWORK)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 255, (8, 3, 16, 16), dtype=np.uint8)
+        np.savez(root / "samples.npz", images=images)
+
+    return built_once(tmp_path_factory, worker_id, "scored", build)
 
 
 def scored_network(root: Path, config: dict, network: str) -> Path:

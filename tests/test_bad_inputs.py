@@ -17,24 +17,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, scored_network, small_disk
+from conftest import SCORED_CONFIG, SCORED_NETWORK, small_disk
 from PIL import Image
 
 from ddpm.cli import main
 from ddpm.layout import write_samples
 
-NETWORK = "T~20"
-CONFIG = {**TINY, "grid": {"T": [20]}, "train": {**TINY["train"], "steps": 3}}
+NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
+@pytest.fixture
+def good(scored):
     """Valid inputs for every stage: config, dataset, trained network, weights, reference,
     samples. Cases copy what they break."""
-    root = scored_network(tmp_path_factory.mktemp("good"), CONFIG, NETWORK)
-    rng = np.random.default_rng(0)
-    np.savez(root / "samples.npz", images=rng.integers(0, 255, (8, 3, 16, 16), dtype=np.uint8))
-    return root
+    return scored
 
 
 def _jpeg(array: np.ndarray, **kwargs) -> bytes:

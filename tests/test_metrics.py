@@ -17,7 +17,6 @@ from ddpm.metrics import (
     fid,
     fid_spread,
     load_inception,
-    make_test_inception,
     reference_stats,
 )
 
@@ -25,10 +24,9 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="session")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception-test.pth"
-    make_test_inception(path, seed=0)
-    return path
+def weights(scored):
+    """Random-weight Inception (`make_test_inception`, seed 0), shared with the stage tests."""
+    return scored / "weights.pth"
 
 
 @pytest.fixture(scope="session")
@@ -145,14 +143,17 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_fid_and_is_agree_with_torch_fidelity(net, weights):
+def test_fid_kid_and_is_agree_with_torch_fidelity(net, weights):
+    """The same weights through torch-fidelity's own pipeline: its features, its statistics.
+    KID's subsets are whole sets here (subset size = N), so random subsets cannot differ."""
     import torch_fidelity
 
-    a, b = flowers(64, 0), flowers(64, 1)
+    a, b = flowers(32, 0), flowers(32, 1)
     fa = extract_features(net, a, 32, CPU, progress=False)
     fb = extract_features(net, b, 32, CPU, progress=False)
     ours_fid = fid(fa["pool"], fb["pool"])
     ours_is, _ = metrics.inception_score(fb["logits"], splits=1, seed=0)
+    ours_kid, _, size = metrics.kid(fa["pool"], fb["pool"], 32, 2, seed=0)
     theirs = torch_fidelity.calculate_metrics(
         # torch-fidelity takes a Dataset of uint8 3 x H x W images: a Subset of the tensor
         input1=torch.utils.data.Subset(b, range(len(b))),
@@ -160,6 +161,9 @@ def test_fid_and_is_agree_with_torch_fidelity(net, weights):
         fid=True,
         isc=True,
         isc_splits=1,
+        kid=True,
+        kid_subset_size=32,
+        kid_subsets=2,
         cuda=False,
         feature_extractor="inception-v3-compat",
         feature_extractor_weights_path=str(weights),
@@ -169,15 +173,52 @@ def test_fid_and_is_agree_with_torch_fidelity(net, weights):
     )
     assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
+    assert size == 32
+    assert ours_kid == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
 
 
-@pytest.mark.parametrize("n_fake", [50, 300])  # fewer and more images than feature dimensions
-def test_the_fast_fid_behind_the_error_bars_equals_torchmetrics(n_fake):
+def textbook_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID as the original code writes it: scipy's matrix square root of the product."""
+    from scipy import linalg
+
+    x, y = real.double().numpy(), fake.double().numpy()
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = linalg.sqrtm(s1 @ s2).real
+    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+
+
+# fewer and more images than feature dimensions, on either side
+@pytest.mark.parametrize(("n_real", "n_fake"), [(400, 50), (400, 300), (60, 300), (60, 40)])
+def test_fid_equals_the_textbook_formula(n_real, n_fake):
     g = torch.Generator().manual_seed(n_fake)
     mix = torch.randn(100, 100, generator=g)
-    real = torch.randn(400, 100, generator=g) @ mix
+    real = torch.randn(n_real, 100, generator=g) @ mix
     fake = torch.randn(n_fake, 100, generator=g) @ (mix + 0.3) + 0.5
-    assert RealStats(real).fid(fake) == pytest.approx(fid(real, fake), rel=1e-5)
+    expected = textbook_fid(real, fake)
+    assert fid(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert RealStats(real).fid(fake) == pytest.approx(expected, rel=1e-6)
+    assert fid(real, real) == pytest.approx(0, abs=1e-6 * expected)
+
+
+def test_kid_and_is_give_their_known_values():
+    """IS of K equally used, certain classes is K, of one class 1; KID of two draws of one
+    distribution is about 0 and grows with a shift, and its subsets are seeded."""
+    certain = torch.full((40, 10), -50.0, dtype=torch.float64)
+    certain[torch.arange(40), torch.arange(40) % 4] = 50.0
+    assert metrics.inception_score(certain, splits=1, seed=0) == (pytest.approx(4.0), None)
+    one = torch.zeros(40, 10, dtype=torch.float64)
+    one[:, 3] = 50.0
+    mean, std = metrics.inception_score(one, splits=4, seed=0)
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0.0, abs=1e-12)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    same, same_std, size = metrics.kid(x, y, 100, 20, seed=1)
+    shifted = metrics.kid(x, y + 1.0, 100, 20, seed=1)[0]
+    assert size == 100 and abs(same) < 3 * same_std / 20**0.5 + 1e-3
+    assert shifted > 10 * abs(same) and shifted > 0
+    assert metrics.kid(x, y, 100, 20, seed=1) == (same, same_std, size)
+    assert metrics.kid(x, y, 1000, 2, seed=1)[2] == 300, "capped at the images there are"
 
 
 def test_fid_spread_is_the_sampling_noise_of_the_generated_set():

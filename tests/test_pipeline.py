@@ -19,6 +19,7 @@ import yaml
 from conftest import (
     GIT,
     TINY,
+    built_once,
     commit,
     copy_project,
     dvc,
@@ -34,10 +35,8 @@ from conftest import (
 CONFIG = {**TINY, "grid": {"T": [20]}}
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """(the checkout that ran `dvc repro` and pushed, the fresh clone that pulled)."""
-    root = tmp_path_factory.mktemp("shared")
+def _share(root):
+    """`dvc repro` in one checkout and `dvc push`; a fresh clone that pulls."""
     project = make_project(root / "project", CONFIG, dvc=True)
     assert dvc_repro(project)[0] == "settings"
     assert dvc_changed_stages(project) == set()
@@ -55,7 +54,14 @@ def shared(tmp_path_factory):
     r = dvc(clone, "commit", "--force")
     assert "Running stage" not in r.stdout
     assert dvc_changed_stages(clone) == set() and planned_jobs(clone) == {}
-    return project, clone
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, worker_id):
+    """(the checkout that ran `dvc repro` and pushed, the fresh clone that pulled): made once
+    for all workers, and only read; every case works in its own copy."""
+    root = built_once(tmp_path_factory, worker_id, "pipeline-shared", _share)
+    return root / "project", root / "clone"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path)
     """After `dvc pull` the clone holds the very files the first checkout made, `dvc metrics
     show` prints numbers only, one plot compares the loss curves, and Snakemake, after the
     documented `--touch`, notices a later edit."""
-    project, clone = shared
+    project, clone = shared[0], copy_project(shared[1], tmp_path / "clone")
     for name in (
         "results/runs/T~20/final.pt",
         "results/runs/T~20/snapshots/step_0000003.pt",

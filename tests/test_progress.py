@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import TINY, scored_network, train_network
+from conftest import SCORED_CONFIG, SCORED_NETWORK, train_network
 
 from ddpm.cli import main
 from ddpm.config import config_from_dict
@@ -14,18 +14,12 @@ from ddpm.metrics import evaluate
 from ddpm.sampling import generate
 from ddpm.stages import prepare
 
-NETWORK = "T~20"
-CONFIG = {
-    **TINY,
-    "grid": {"T": [20]},
-    "train": {**TINY["train"], "steps": 6, "snapshot_every": 3},
-    "progress": {"steps": 3, "num_images": 10, "fid_halves": 4, "batch_size": 4, "device": "cpu"},
-}
+NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return scored_network(tmp_path_factory.mktemp("progress"), CONFIG, NETWORK)
+@pytest.fixture
+def trained(scored):
+    return scored
 
 
 def progress_cmd(root, run, out):
@@ -98,9 +92,9 @@ def test_a_snapshot_of_another_training_is_refused(trained, tmp_path, capsys):
 def test_without_snapshots_nothing_is_sampled(trained, tmp_path):
     config = {**CONFIG, "train": {**CONFIG["train"], "snapshot_every": 0}}
     train_network(trained, config, NETWORK, tmp_path / "run")
-    (trained / "none.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "progress.json"
     cmd = progress_cmd(trained, tmp_path / "run", out)
-    cmd[2] = str(trained / "none.yaml")
+    cmd[2] = str(tmp_path / "none.yaml")
     assert main(cmd) == 0
     assert json.loads(out.read_text())["points"] == []

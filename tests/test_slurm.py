@@ -34,7 +34,7 @@ from ddpm.layout import read_log
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARK = "# written by ddpm-pipeline's tests/test_slurm.py"
-STEPS = 300  # per training; the cancel comes after the first 10
+STEPS = 150  # per training; the cancel comes after the first 10
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
 

@@ -90,10 +90,10 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
         "grid": {"T": [20]},
         "train": {
             **TINY["train"],
-            "steps": 200,
+            "steps": 120,
             "checkpoint_every": 20,
             "log_every": 10,
-            "snapshot_every": 50,
+            "snapshot_every": 30,
         },
     }
     project = make_project(tmp_path / "project", cfg)
@@ -109,7 +109,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     )
     try:
         start = time.time()
-        first_snapshot = project / "results/runs/T~20/snapshots/step_0000050.pt"
+        first_snapshot = project / "results/runs/T~20/snapshots/step_0000030.pt"
         while not first_snapshot.exists():  # then a rerun that lost it could not make it again
             assert proc.poll() is None and time.time() - start < 300, "training never started"
             time.sleep(0.05)
@@ -119,7 +119,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     interrupted_at = read_checkpoint(checkpoint)["step"]
-    assert 50 <= interrupted_at < 200, "the interrupt landed mid-training"
+    assert 30 <= interrupted_at < 120, "the interrupt landed mid-training"
     assert not (project / "results/runs/T~20/final.pt").exists()
     assert _ddpm_processes(project) == []
 
@@ -148,7 +148,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     for name, tensor in reference["ema"].items():
         assert torch.equal(resumed["ema"][name], tensor), name
     rows = read_log(run / "train_log.csv")
-    assert [r["step"] for r in rows] == list(range(10, 201, 10))
+    assert [r["step"] for r in rows] == list(range(10, 121, 10))
     untimed = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
     assert untimed == [
         {k: v for k, v in r.items() if k not in TIMING_FIELDS}
@@ -162,7 +162,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     # The snapshots made before the interrupt survived Snakemake's cleanup of the job's outputs.
     index = json.loads((run / "snapshots.json").read_text())
     assert index == json.loads((straight / "snapshots.json").read_text())
-    assert [e["step"] for e in index["snapshots"]] == [50, 100, 150]
+    assert [e["step"] for e in index["snapshots"]] == [30, 60, 90]
     for entry in index["snapshots"]:
         ours = read_final(run / "snapshots" / entry["file"])["ema"]
         theirs = read_final(straight / "snapshots" / entry["file"])["ema"]
