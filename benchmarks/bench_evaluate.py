@@ -1,6 +1,7 @@
-"""Evaluation speed: Inception feature extraction (images/s), ours (torch-fidelity's Inception module
-with channels_last, one pass feeding FID, IS and KID) against torch-fidelity's calculate_metrics on
-the same images and the same random-weight file (it runs the network once per metric input).
+"""Evaluation speed: Inception feature extraction (images/s), ours (torch-fidelity's Inception
+module with channels_last, one pass feeding FID, IS and KID) against torch-fidelity's
+calculate_metrics on the same images and the same random-weight file (it runs the network once
+per metric input).
 
     python benchmarks/bench_evaluate.py [--images 128]
 """

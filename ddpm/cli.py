@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -449,6 +452,61 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+# A progress bar in a log file draws one line at most this often (and at its start and end).
+LOG_BAR_INTERVAL_S = 30
+
+
+class _LogLines(io.TextIOBase):
+    """stderr when it is not a terminal (a pipeline job's log file): each redraw of a progress
+    bar (a carriage return, then the bar again) becomes a line of its own, and the blanks with
+    which a bar erases itself are dropped, so the log reads as lines."""
+
+    def __init__(self, stream):
+        self.stream, self.at_line_start = stream, True
+
+    def write(self, text: str) -> int:
+        first, *redraws = text.split("\r")
+        out = []
+        for i, chunk in enumerate([first, *(r for r in redraws if r.strip())]):
+            if i and not self.at_line_start:
+                out.append("\n")
+                self.at_line_start = True
+            if chunk:
+                out.append(chunk)
+                self.at_line_start = chunk.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextlib.contextmanager
+def _progress_as_lines():
+    """Within: progress bars written as lines, one per LOG_BAR_INTERVAL_S, unless stderr is a
+    terminal (then they redraw in place as usual) or TQDM_MININTERVAL is set."""
+    if sys.stderr.isatty():
+        yield
+        return
+    stderr, own_interval = sys.stderr, "TQDM_MININTERVAL" not in os.environ
+    sys.stderr = _LogLines(stderr)
+    if own_interval:
+        os.environ["TQDM_MININTERVAL"] = str(LOG_BAR_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = stderr
+        if own_interval:
+            os.environ.pop("TQDM_MININTERVAL", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can meet ends in one `error:` line and an exit
     code: 2 for a mistake in the input, 1 for a refusal of the operating system (the path and
@@ -456,21 +514,22 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm.files import describe_os_error
 
     args = build_parser().parse_args(argv)
-    try:
-        COMMANDS[args.command].run(args)
-        return 0
-    except PipelineError as e:
-        message, code = str(e), getattr(e, "exit_code", 2)
-    except OSError as e:
-        message, code = describe_os_error(e), 1
-    except KeyboardInterrupt:
-        message = (
-            f"{args.command} interrupted (Ctrl-C); nothing half-written was kept. Run the same "
-            "command again to redo it."
-        )
-        code = 130
-    _end_progress_bars()
-    # Ctrl-C can land in the middle of a bar's drawing, whose line then has no end: as click's
-    # "Aborted!" does, start on a fresh line.
-    print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
-    return code
+    with _progress_as_lines():
+        try:
+            COMMANDS[args.command].run(args)
+            return 0
+        except PipelineError as e:
+            message, code = str(e), getattr(e, "exit_code", 2)
+        except OSError as e:
+            message, code = describe_os_error(e), 1
+        except KeyboardInterrupt:
+            message = (
+                f"{args.command} interrupted (Ctrl-C); nothing half-written was kept. Run the "
+                "same command again to redo it."
+            )
+            code = 130
+        _end_progress_bars()
+        # Ctrl-C can land in the middle of a bar's drawing, whose line then has no end: as
+        # click's "Aborted!" does, start on a fresh line.
+        print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
+        return code

@@ -20,6 +20,10 @@ from PIL import Image
 # Tests run side by side (pytest -n 2): OpenMP threads that spin while they wait would take the
 # other test's cores, and made one in-process training 9x slower. Behaviour is unaffected.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread per test process, and per command a test starts outside Snakemake (which sets each
+# job's own): tests run one per core, and a second thread per process only contends for the
+# core of the test beside it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def md5_of(path: Path) -> str:

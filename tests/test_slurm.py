@@ -182,10 +182,9 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 def _site_profile(dest: Path) -> Path:
     """The project's profile with what a site fills in: the partition, no account (this cluster
     has no accounting database to check one against), and threads for its nodes (this one has 2
-    real cores under its 16 declared ones); conda is not installable here. Shorter status
-    intervals only make the test faster."""
+    real cores under its 16 declared ones). Shorter status intervals only make the test
+    faster. Everything else is the profile as shipped."""
     settings = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    settings.pop("use-conda")
     settings["default-resources"]["slurm_partition"] = "gpu"
     settings["slurm-no-account"] = True
     settings["set-threads"] = dict.fromkeys(settings["set-threads"], 1)

@@ -114,7 +114,10 @@ def wait_for(path, proc, timeout=120):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
     config, data = setup
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    assert subprocess.run(train_cmd(config, data, full), capture_output=True).returncode == 0
+    r = subprocess.run(train_cmd(config, data, full), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # stderr is not a terminal (as a pipeline job's log file is not): the bar prints lines
+    assert "\r" not in r.stderr and any("100%" in line for line in r.stderr.splitlines())
 
     proc = subprocess.Popen(
         train_cmd(config, data, crashed), stdout=subprocess.PIPE, stderr=subprocess.PIPE
