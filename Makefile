@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# One thread per training and sampling job: two such jobs side by side finished 11% sooner on 2
-# cores than one after the other with 2 threads each (2026-11-26).
+# One thread per job: two trainings side by side finished 11% sooner on 2 cores than one after
+# the other with 2 threads each (2026-11-26), and the flower features' training then runs beside
+# the first network's instead of before all of them.
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile config/demo.yaml \
-		--set-threads train=1 sample=1 progress=1
+		--set-threads preprocess=1 inception_weights=1 reference_stats=1 train=1 progress=1 sample=1 evaluate=1
 	@echo "Done: open results/demo/report.html (the same table as CSV: results/demo/summary.csv)"
 
 # Tests run side by side, one per core: most of their time is one-core subprocess chains.
