@@ -99,8 +99,12 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     project = make_project(tmp_path / "project", cfg)
     checkpoint = project / "results/runs/T~20/checkpoint.pt"
     target = "results/runs/T~20/final.pt"
+    # The training job gets one thread, as the run by hand below does (conftest sets
+    # OMP_NUM_THREADS=1): CPU float sums depend on the thread count, and the weights must match.
+    # (--set-threads takes several values, so it comes after the target.)
+    one_thread = ["--set-threads", "train=1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "2", target],
+        [sys.executable, "-m", "snakemake", "--cores", "2", target, *one_thread],
         cwd=project,
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -123,7 +127,7 @@ def test_ctrl_c_then_plain_snakemake_resumes_and_loses_nothing(tmp_path):
     assert not (project / "results/runs/T~20/final.pt").exists()
     assert _ddpm_processes(project) == []
 
-    snakemake(project, "--cores", "2", target)
+    snakemake(project, "--cores", "2", target, *one_thread)
     log = (project / "results/logs/train/T~20.log").read_text()
     assert f"resuming T~20 from step {interrupted_at}" in log
     assert planned_jobs(project, target) == {}
