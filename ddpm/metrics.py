@@ -200,7 +200,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def fid_spread(
-    real: torch.Tensor,
+    real: torch.Tensor | RealStats,
     fake: torch.Tensor,
     draws: int,
     seed: int,
@@ -214,11 +214,12 @@ def fid_spread(
     variance of the statistic at N itself (for a mean: s^2/(N/2) * (1 - 1/2) = s^2/N). Measured
     against independent draws (tests/test_metrics.py), it is close where generated and real
     features differ, and errs high (up to ~1.5x) when N is below the feature dimension; the
-    with-replacement bootstrap erred high by 1.6-4x in the same cases."""
+    with-replacement bootstrap erred high by 1.6-4x in the same cases. `real` may be the
+    `RealStats` the caller already holds (on `device`)."""
     n = len(fake)
     if draws < 2 or n < 4:
         return None
-    stats = RealStats(real.to(device))
+    stats = real if isinstance(real, RealStats) else RealStats(real.to(device))
     fake = fake.to(device)
     g = torch.Generator().manual_seed(seed)
     halves = [torch.randperm(n, generator=g)[: n // 2].to(device) for _ in range(draws)]
@@ -409,6 +410,7 @@ def evaluate(
     feats = extract_features(net, images, eval_cfg.batch_size, device, "evaluate", progress)
     extract_s = time.perf_counter() - start
     real = ref["pool"]
+    stats = RealStats(real.to(device))  # once, for FID and its spread
     n = len(images)
     kid_mean, kid_std, kid_size = kid(
         real, feats["pool"], eval_cfg.kid_subset_size, eval_cfg.kid_subsets, eval_cfg.seed
@@ -418,8 +420,8 @@ def evaluate(
     reliable = n > dims and len(real) > dims
     floor = ref["meta"]["floor"]
     metrics = {
-        "fid": fid(real, feats["pool"]),
-        "fid_std": fid_spread(real, feats["pool"], eval_cfg.fid_halves, eval_cfg.seed, device),
+        "fid": stats.fid(feats["pool"].to(device)),
+        "fid_std": fid_spread(stats, feats["pool"], eval_cfg.fid_halves, eval_cfg.seed, device),
         "is_mean": is_mean,
         "is_std": is_std,
         "kid_mean": kid_mean,

@@ -94,9 +94,7 @@ def measure(
                     "step": state["step"],
                     "images_seen": state["images_seen"],
                     "fid": stats.fid(pool),
-                    "fid_std": fid_spread(
-                        ref["pool"], feats["pool"], pc.fid_halves, pc.seed, device
-                    ),
+                    "fid_std": fid_spread(stats, pool, pc.fid_halves, pc.seed, device),
                     "n_images": len(images),
                 }
             )
