@@ -143,22 +143,23 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_fid_kid_and_is_agree_with_torch_fidelity(net, weights):
+def test_kid_and_is_agree_with_torch_fidelity(net, weights):
     """The same weights through torch-fidelity's own pipeline: its features, its statistics.
-    KID's subsets are whole sets here (subset size = N), so random subsets cannot differ."""
+    KID's subsets are whole sets here (subset size = N), so random subsets cannot differ. KID
+    and IS agreeing shows that both read the same features and logits; FID from those features
+    is checked against the formula torch-fidelity also uses (scipy's sqrtm) in the test below,
+    at sizes where that takes a second, not the 18 s of a 2048 x 2048 sqrtm."""
     import torch_fidelity
 
     a, b = flowers(32, 0), flowers(32, 1)
     fa = extract_features(net, a, 32, CPU, progress=False)
     fb = extract_features(net, b, 32, CPU, progress=False)
-    ours_fid = fid(fa["pool"], fb["pool"])
     ours_is, _ = metrics.inception_score(fb["logits"], splits=1, seed=0)
     ours_kid, _, size = metrics.kid(fa["pool"], fb["pool"], 32, 2, seed=0)
     theirs = torch_fidelity.calculate_metrics(
         # torch-fidelity takes a Dataset of uint8 3 x H x W images: a Subset of the tensor
         input1=torch.utils.data.Subset(b, range(len(b))),
         input2=torch.utils.data.Subset(a, range(len(a))),
-        fid=True,
         isc=True,
         isc_splits=1,
         kid=True,
@@ -171,7 +172,6 @@ def test_fid_kid_and_is_agree_with_torch_fidelity(net, weights):
         verbose=False,
         save_cpu_ram=True,
     )
-    assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
     assert size == 32
     assert ours_kid == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)

@@ -1,7 +1,6 @@
-"""The builder that training and sampling share: the layout, and torch.compile (the real
-inductor compiler, on CPU with the tiny network)."""
+"""The builder that training and sampling share: the layout, and what `compile_` adds around
+torch.compile (through its `eager` backend; inductor itself is run in test_train.py)."""
 
-import pytest
 import torch
 
 from ddpm.config import DiffusionConfig, ModelConfig
@@ -40,11 +39,13 @@ def test_networks_are_built_in_nchw_and_weights_freeze_them():
     assert torch.equal(frozen.model.stem.weight, conv.detach())
 
 
-@pytest.mark.slow
-def test_the_compiled_network_computes_what_the_plain_one_does():
+def test_compiling_draws_no_random_number_and_the_compiled_network_computes_the_same():
+    """What `compile_` adds around torch.compile (the warm-up passes, the timing, the report),
+    through the `eager` backend; inductor's code generation is checked once, on a whole
+    training and sampling run, in test_train.py."""
     nets = tiny_networks()
     rng_before = torch.get_rng_state()
-    compiled = compile_(nets, BATCH, "bf16", train=True)
+    compiled = compile_(nets, BATCH, "bf16", train=True, backend="eager")
     # Compiling ran the network forward and backward, yet drew no random number.
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert compiled.compiled and compiled.compile_s > 0

@@ -115,10 +115,14 @@ def edit_code(path: str):
     return apply
 
 
-# (edit, jobs Snakemake plans, stages dvc repro runs). Stage `settings` writes the settings files
-# (one job per changed file under Snakemake; one stage under DVC, which reads the config itself).
-# Every case is planned by both tools; the cases in PLANNED_ONLY are not executed, because
-# their rerun is the `train` case's: another section that the same stage reads.
+# (edit, jobs Snakemake plans, stages dvc repro runs, the tools that also run it). Stage
+# `settings` writes the settings files (one job per changed file under Snakemake; one stage
+# under DVC, which reads the config itself). Every case is planned by both tools. Both run the
+# edits where they differ (a code edit: DVC compares content) or that rerun everything (data),
+# and the one that changes nothing; the other cases run under one tool each, in turn, since
+# both run the same commands. `model` and `diffusion` are planned only: their rerun is the
+# `train` case's, another section that the same stage reads.
+BOTH = ("snakemake", "dvc")
 AFTER_TRAINING = {"progress": 1, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}
 DVC_AFTER_TRAINING = {"progress", "sample", "evaluate", "summary", "report"}
 CASES = {
@@ -126,6 +130,7 @@ CASES = {
         edit_config("data", synthetic_seed=5),
         {"settings": 3, "preprocess": 1, "reference_stats": 1, "train": 1, **AFTER_TRAINING},
         {"settings", "preprocess", "reference_stats", "train"} | DVC_AFTER_TRAINING,
+        BOTH,
     ),
     # A training setting also rewrites the settings of the network's progress, sampling and
     # evaluation, which name the training settings they expect (checked against final.pt).
@@ -133,21 +138,25 @@ CASES = {
         edit_config("model", base_channels=16),
         {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
+        (),
     ),
     "diffusion": (
         edit_config("diffusion", objective="v"),
         {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
+        (),
     ),
     "train": (
         edit_config("train", lr=1.0e-3),
         {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
+        ("dvc",),
     ),
     "sample": (
         edit_config("sample", num_images=6),
         {"settings": 3, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1},
         {"settings", "sample", "evaluate", "summary", "report"},
+        ("snakemake",),
     ),
     "evaluate": (
         edit_config("evaluate", reference_max_images=20),
@@ -161,17 +170,20 @@ CASES = {
             "all": 1,
         },
         {"settings", "reference_stats", "progress", "evaluate", "summary", "report"},
+        ("dvc",),
     ),
     # FID over training: its own settings rerun its own job, and the report that shows it.
     "progress": (
         edit_config("progress", num_images=6),
         {"settings": 2, "progress": 1, "report": 1, "all": 1},
         {"settings", "progress", "report"},
+        ("snakemake",),
     ),
     "report": (
         edit_config("report", title="Another title"),
         {"settings": 1, "report": 1, "all": 1},
         {"settings", "report"},
+        ("dvc",),
     ),
     # A comment in the network's code: training, sampling and progress rerun. Their results
     # are byte-identical but for progress.json's timing, and DVC compares content, so under DVC
@@ -181,16 +193,15 @@ CASES = {
         edit_code("ddpm/unet.py"),
         {"settings": 3, "train": 1, **AFTER_TRAINING},
         {"settings", "train", "progress", "sample", "summary", "report"},
+        BOTH,
     ),
     "data.workers (cannot change a result)": (
         edit_config("data", workers=1),
         {},
         {"settings"},
+        BOTH,
     ),
 }
-
-
-PLANNED_ONLY = {"model", "diffusion"}
 
 
 def assert_current(project, tmp_path):
@@ -238,13 +249,13 @@ def _results(project):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
-    edit, jobs, _ = CASES[case]
+    edit, jobs, _, runs = CASES[case]
     project = copy_project(baseline, tmp_path / "moved")
     edit(project)
     before = _results(project)
     assert planned_jobs(project) == jobs
     assert _results(project) == before, "a dry run writes nothing"
-    if case in PLANNED_ONLY:
+    if "snakemake" not in runs:
         return
 
     snakemake(project, "--cores", "2")
@@ -263,11 +274,11 @@ def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case)
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_dvc_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
-    edit, _, stages = CASES[case]
+    edit, _, stages, runs = CASES[case]
     project = copy_project(baseline, tmp_path / "moved")
     edit(project)
     assert dvc_changed_stages(project) == {"settings"}
-    if case in PLANNED_ONLY:  # the settings stage alone: DVC then lists what it would rerun
+    if "dvc" not in runs:  # the settings stage alone: DVC then lists what it would rerun
         assert dvc_repro(project, "settings") == ["settings"]
         assert {n.removesuffix("@20") for n in dvc_changed_stages(project)} == stages - {"settings"}
         return
