@@ -246,11 +246,11 @@ def cmd_evaluate(args) -> None:
 def cmd_summary(args) -> None:
     from ddpm.report import write_summary
 
-    rows = write_summary(_job(args, "summary")[0], args.runs, args.out)
+    rows = write_summary(_job(args, "summary")[0], args.runs, args.out, args.metrics)
     for r in rows:
         fid = f"FID {r['fid']:.3f}" if r.get("fid") is not None else "no metrics"
         print(f"{r['run_id']:40s} {r['status']:10s} {fid}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.metrics}")
 
 
 def cmd_report(args) -> None:
@@ -401,8 +401,12 @@ COMMANDS = {
     ),
     "summary": Command(
         cmd_summary,
-        "one CSV table comparing every run of the grid",
-        (("--runs", "folder holding one folder per network"), ("--out", "CSV file to write")),
+        "one CSV table comparing every run of the grid, and its headline numbers as JSON",
+        (
+            ("--runs", "folder holding one folder per network"),
+            ("--out", "CSV file to write"),
+            ("--metrics", "JSON file of each run's FID, its spread, KID and IS (for DVC)"),
+        ),
         kind="stage",
     ),
 }

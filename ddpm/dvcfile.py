@@ -38,8 +38,10 @@ HEADER = (
     "# Regenerate it after changing the grid or results_dir: its first stage refuses to run\n"
     "# while it does not match the config.\n"
 )
-# Outputs that DVC shows as metrics (numbers only); every other output is a plain cached out.
-METRICS = {("evaluate", "metrics")}
+# Outputs that DVC shows as metrics: one small file of every run's headline numbers, so that
+# `dvc metrics show` and `dvc exp show` stay readable (each variant's metrics.json and
+# evaluation.json are plain cached outputs). Every other output is a plain cached out too.
+METRICS = {("summary", "metrics")}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -123,7 +125,16 @@ def render(cfg: Config, config_path: str) -> str:
                     "x": "step",
                     "y": {log: "loss" for log in logs},
                 }
-            }
+            },
+            {
+                "FID against sampling cost": {
+                    "template": "scatter",
+                    "x": "nfe_per_image",
+                    "y": {stages["summary"].outs["summary"]: "fid"},
+                    "x_label": "network evaluations per image",
+                    "y_label": "FID",
+                }
+            },
         ],
     }
     text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)

@@ -6,7 +6,7 @@
     <results>/runs/<network>/            train: `NetworkFiles` (and progress: FID of its snapshots)
     <results>/runs/<network>/<variant>/  sample and evaluate: `VariantFiles`
     <results>/settings/                  what each job read (its logs: workflow/rules/*.smk)
-    <results>/summary.csv, report.html   the comparison
+    <results>/summary.csv, metrics.json, report.html   the comparison
 
 The stage table (`ddpm.stages`) declares its inputs and outputs with these names, the stages
 write them, and the report reads them back, so a file's name is written here alone. Each
@@ -71,6 +71,12 @@ class PipelineFiles:
         return self.results / "summary.csv"
 
     @property
+    def metrics(self) -> Path:
+        """Every variant's headline numbers in one small file (`SCOREBOARD_KEYS`, keyed by run
+        id): DVC's declared metrics, so `dvc metrics show` and `dvc exp show` stay readable."""
+        return self.results / "metrics.json"
+
+    @property
     def report(self) -> Path:
         return self.results / "report.html"
 
@@ -107,6 +113,11 @@ class NetworkFiles:
 
     def preview(self, step: int) -> Path:
         return self.folder / "previews" / f"step_{step:07d}.png"
+
+    @property
+    def live(self) -> Path:
+        """TensorBoard's event files: the live view of the log and previews (`ddpm.live`)."""
+        return self.folder / "tensorboard"
 
     @property
     def snapshots(self) -> Path:
@@ -154,7 +165,7 @@ class VariantFiles:
 
     @property
     def metrics(self) -> Path:
-        """The numbers only (`METRIC_KEYS`): what `dvc metrics show` prints."""
+        """The numbers only (`METRIC_KEYS`); summary gathers them (`PipelineFiles.metrics`)."""
         return self.folder / "metrics.json"
 
     @property
@@ -197,6 +208,7 @@ METRIC_KEYS = (
     "floor_fid",
     "floor_kid_mean",
 )
+SCOREBOARD_KEYS = ("fid", "fid_std", "kid_mean", "is_mean")  # per run in <results>/metrics.json
 
 # snapshots.json: {"network": id, "snapshots": [one mapping of these keys per snapshot]}.
 SNAPSHOT_KEYS = ("step", "images_seen", "file")

@@ -397,9 +397,9 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """FID, IS and KID of `samples` against the cached `reference`. Writes `metrics.json` (the
-    numbers, for `dvc metrics show`) and `evaluation.json` (how they were computed) into
-    `out_dir`; returns both merged. `variant` (network/variant) is the run the samples must be
-    of, where their record says."""
+    numbers; the summary gathers them for DVC) and `evaluation.json` (how they were computed)
+    into `out_dir`; returns both merged. `variant` (network/variant) is the run the samples must
+    be of, where their record says."""
     files = VariantFiles(check_output_dir(out_dir))
     info, ref = load_reference(reference, weights, eval_cfg.weights_sha256_prefix)
     images, record = read_samples(samples)

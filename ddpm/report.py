@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ddpm.config import Config, config_hash, format_value, to_dict
-from ddpm.files import atomic_write_bytes, check_output_file
+from ddpm.files import atomic_write_bytes, atomic_write_json, check_output_file
 from ddpm.images import grid, png_bytes
 from ddpm.layout import (
     METRIC_KEYS,
+    SCOREBOARD_KEYS,
     ArtefactError,
     NetworkFiles,
     VariantFiles,
@@ -134,14 +135,28 @@ def collect_runs(cfg: Config, runs_dir: str | Path) -> list[dict]:
     return rows
 
 
-def write_summary(cfg: Config, runs_dir: str | Path, out: str | Path) -> list[dict]:
+def scoreboard(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """The headline numbers of every scored run, by run id: numbers only, for DVC."""
+    return {
+        r["run_id"]: {k: r[k] for k in SCOREBOARD_KEYS}
+        for r in rows
+        if all(r[k] is not None for k in SCOREBOARD_KEYS)
+    }
+
+
+def write_summary(
+    cfg: Config, runs_dir: str | Path, out: str | Path, metrics_out: str | Path
+) -> list[dict]:
+    """summary.csv (every column of every run) and metrics.json (the `scoreboard`)."""
     check_output_file(out)
+    check_output_file(metrics_out)
     rows = collect_runs(cfg, runs_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out, buf.getvalue().encode())
+    atomic_write_json(metrics_out, scoreboard(rows))
     return rows
 
 

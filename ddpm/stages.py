@@ -187,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
         persist={"checkpoint": str(NET.checkpoint), "snapshots": str(NET.snapshots)},
         args=(("--data", str(RESULTS.dataset)), ("--out", str(NET.folder))),
         flags=("--restart-if-changed",),
-        side_code=("sampling.py", "images.py"),
+        side_code=("sampling.py", "images.py", "live.py"),  # previews and the live view
     ),
     Stage(
         "progress",
@@ -251,8 +251,12 @@ STAGES: tuple[Stage, ...] = (
         reads=("grid", "data", "model", "diffusion", "train", "sample", "evaluate"),
         entry="report.py",
         deps=PER_RUN,
-        outs={"summary": str(RESULTS.summary)},
-        args=(("--runs", str(RESULTS.runs)), ("--out", str(RESULTS.summary))),
+        outs={"summary": str(RESULTS.summary), "metrics": str(RESULTS.metrics)},
+        args=(
+            ("--runs", str(RESULTS.runs)),
+            ("--out", str(RESULTS.summary)),
+            ("--metrics", str(RESULTS.metrics)),
+        ),
         side_code=("dataset.py", "images.py"),
     ),
     Stage(

@@ -18,8 +18,10 @@ import math
 import os
 import signal
 import time
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddpm import __version__
@@ -34,8 +36,9 @@ from ddpm.files import (
     check_output_dir,
     save_torch,
 )
-from ddpm.images import save_grid
+from ddpm.images import grid, png_bytes
 from ddpm.layout import LOG_FIELDS, NetworkFiles, log_text, read_checkpoint
+from ddpm.live import LiveView
 from ddpm.model import MEMORY_FORMAT, build, compile_, wants_compile
 from ddpm.sampling import ddim_sample, to_uint8
 from ddpm.unet import count_parameters
@@ -381,8 +384,9 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
+    live = LiveView(files.live, start)
     # The bar is closed however the loop ends, so an error message starts on its own line.
-    with bar, _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
+    with bar, closing(live), _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
         writer = csv.DictWriter(log_file, LOG_FIELDS)
         step = start
         while step < steps:
@@ -413,10 +417,11 @@ def train(
                 row = loop.log.row(step, lr, float(loop.grad_norm), ips, elapsed)
                 writer.writerow(row)
                 log_file.flush()
+                live.row(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
             previewing = bool(tc.preview_every) and step % tc.preview_every == 0
             if previewing:
-                _preview(
+                canvas = _preview(
                     loop.ema.model,
                     loop.diffusion,
                     cfg,
@@ -425,6 +430,7 @@ def train(
                     files.preview(step),
                     preview_noise_seed,
                 )
+                live.preview(step, canvas)
             snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0
             if snapshotting and step < steps:  # the last step's weights are final.pt
                 save_weights(files.snapshot(step), step)
@@ -477,7 +483,8 @@ def train(
 
 
 @torch.no_grad()
-def _preview(model, diffusion, cfg: Config, device, size: int, path: Path, seed: int) -> None:
+def _preview(model, diffusion, cfg: Config, device, size: int, path: Path, seed: int) -> np.ndarray:
+    """16 DDIM samples of the EMA weights from fixed noise, as a grid in `path`; returns it."""
     model.eval()
     with autocast(device, cfg.train.precision):
         result = ddim_sample(
@@ -489,7 +496,9 @@ def _preview(model, diffusion, cfg: Config, device, size: int, path: Path, seed:
             steps=min(50, diffusion.T),
             device=device,
         )
-    save_grid(to_uint8(result.images), path, nrow=4)
+    canvas = grid(to_uint8(result.images), nrow=4)
+    atomic_write_bytes(path, png_bytes(canvas))
+    return canvas
 
 
 def _write_snapshot_index(

@@ -111,7 +111,7 @@ def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monke
     assert "2048" in m["fid_note"] and m["test_weights"] is True
     assert m["kid_subset_size"] == 8 and np.isfinite(m["is_mean"]) and m["is_mean"] >= 1.0
     assert m["floor"] == meta["floor"] and m["resize"].startswith("bilinear like TF1")
-    # metrics.json holds numbers only (what `dvc metrics show` prints); the rest goes beside it
+    # metrics.json holds numbers only (a table of runs reads them); the rest goes beside it
     numbers = json.loads((tmp_path / "m1/metrics.json").read_text())
     assert numbers["fid"] == m["fid"] and numbers["floor_fid"] == meta["floor"]["fid"]
     assert numbers["fid_std"] > 0 and "20 random halves" in m["fid_std_method"]

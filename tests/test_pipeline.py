@@ -72,8 +72,8 @@ def baseline(shared):
 @pytest.mark.slow
 def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path):
     """After `dvc pull` the clone holds the very files the first checkout made, `dvc metrics
-    show` prints numbers only, one plot compares the loss curves, and Snakemake, after the
-    documented `--touch`, notices a later edit."""
+    show` prints one small file of numbers, the plots compare the loss curves and FID against
+    sampling cost, and Snakemake, after the documented `--touch`, notices a later edit."""
     project, clone = shared[0], copy_project(shared[1], tmp_path / "clone")
     for name in (
         "results/runs/T~20/final.pt",
@@ -83,14 +83,19 @@ def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path)
         assert (clone / name).read_bytes() == (project / name).read_bytes(), name
     assert dvc_repro(clone) == []
 
-    metrics = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
-    values = [
-        v for rev in metrics.values() for f in rev["data"].values() for v in f["data"].values()
-    ]
-    assert values and all(type(v) in (int, float) for v in values), values
-    plot = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]["Training loss"]
-    rows = plot[0]["content"]["data"]["values"]
+    # DVC's metrics: one small file, every run's four headline numbers
+    shown = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
+    files = {name: f["data"] for rev in shown.values() for name, f in rev["data"].items()}
+    assert list(files) == ["results/metrics.json"]
+    scores = files["results/metrics.json"]["T~20"]
+    assert set(scores) == {"fid", "fid_std", "kid_mean", "is_mean"}
+    assert all(type(v) is float for v in scores.values()), scores
+    plots = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]
+    rows = plots["Training loss"][0]["content"]["data"]["values"]
     assert {row["step"] for row in rows} == {"3", "6"}
+    [point] = plots["FID against sampling cost"][0]["content"]["data"]["values"]
+    assert float(point["fid"]) == pytest.approx(scores["fid"])
+    assert int(point["nfe_per_image"]) == CONFIG["sample"]["steps"]
 
     moved = copy_project(clone, tmp_path / "moved")
     cfg = {**CONFIG, "report": {**CONFIG["report"], "title": "After the pull"}}
@@ -119,9 +124,10 @@ def edit_code(path: str):
 # `settings` writes the settings files (one job per changed file under Snakemake; one stage
 # under DVC, which reads the config itself). Every case is planned by both tools. Both run the
 # edits where they differ (a code edit: DVC compares content) or that rerun everything (data),
-# and the one that changes nothing; the other cases run under one tool each, in turn, since
-# both run the same commands. `model` and `diffusion` are planned only: their rerun is the
-# `train` case's, another section that the same stage reads.
+# the one that changes nothing, and `sample` (DVC cannot list its rerun of evaluation before
+# sampling has run); the other cases run under one tool each, in turn, since both run the same
+# commands. `model` and `diffusion` are planned only: their rerun is the `train` case's,
+# another section that the same stage reads.
 BOTH = ("snakemake", "dvc")
 AFTER_TRAINING = {"progress": 1, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}
 DVC_AFTER_TRAINING = {"progress", "sample", "evaluate", "summary", "report"}
@@ -156,7 +162,7 @@ CASES = {
         edit_config("sample", num_images=6),
         {"settings": 3, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1},
         {"settings", "sample", "evaluate", "summary", "report"},
-        ("snakemake",),
+        BOTH,
     ),
     "evaluate": (
         edit_config("evaluate", reference_max_images=20),

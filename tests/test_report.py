@@ -14,7 +14,7 @@ from ddpm.config import config_from_dict
 from ddpm.data import preprocess
 from ddpm.images import save_grid
 from ddpm.layout import LOG_FIELDS
-from ddpm.report import build_report, log_ticks
+from ddpm.report import build_report, log_ticks, write_summary
 from ddpm.stages import plan
 
 ARTIFACTS = Path(
@@ -160,6 +160,20 @@ def test_every_run_appears_with_its_metrics(report):
         in (verdict)
     )
     assert "not distinguishable" not in html
+
+
+def test_the_summary_table_and_dvcs_metrics_file_hold_every_run(report, tmp_path):
+    """summary.csv has a row for every run, scored or not; metrics.json, the file DVC shows,
+    holds the four headline numbers of each scored run and nothing else (numbers only)."""
+    out, _, metrics, _ = report
+    table, scores = tmp_path / "summary.csv", tmp_path / "metrics.json"
+    write_summary(make_config(), out.parent / "runs", table, scores)
+    rows = {r["run_id"]: r for r in csv.DictReader(table.read_text().splitlines())}
+    assert set(rows) == {"T~20", "T~30", "T~40"} and rows["T~40"]["status"] == "missing metrics"
+    assert json.loads(scores.read_text()) == {
+        run_id: {k: metrics[run_id][k] for k in ("fid", "fid_std", "kid_mean", "is_mean")}
+        for run_id in ("T~20", "T~30")
+    }
 
 
 def test_images_are_embedded_and_the_html_parses(report):

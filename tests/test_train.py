@@ -139,6 +139,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
     )
     steps = [r["step"] for r in read_log(crashed / "train_log.csv")]
     assert steps == list(range(5, 41, 5)), "the log has each step once after a resume"
+    # and so has the live view: the rows logged after the last checkpoint are shown once
+    assert_shows(live_view(crashed / "tensorboard")[0], read_log(crashed / "train_log.csv"))
 
 
 @pytest.mark.slow
@@ -146,13 +148,21 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     """SIGTERM between log rows: the checkpoint carries the losses since the last row, so the
     resumed run's log and summary equal an uninterrupted run's (apart from timing columns)."""
     config, data = setup
-    config = write_config(config, checkpoint_every=1000, steps=400)  # only SIGTERM checkpoints
+    settings = {"checkpoint_every": 1000, "preview_every": 10}  # only SIGTERM checkpoints
+    config = write_config(config, steps=400, **settings)
     out = tmp_path / "run"
     proc = subprocess.Popen(
         train_cmd(config, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    wait_for(out / "train_log.csv", proc)
+    wait_for(out / "previews/step_0000010.png", proc)
     time.sleep(0.5)
+    # The live view while it trains: TensorBoard's files hold the log's rows and the previews.
+    assert proc.poll() is None
+    scalars, previews = live_view(out / "tensorboard")
+    shown = set(scalars["loss/total"])  # the rows written before the view was read
+    rows = [r for r in read_log(out / "train_log.csv") if r["step"] in shown]
+    assert len(rows) >= 2 and [r["step"] for r in rows] == sorted(shown) and 10 in previews
+    assert_shows(scalars, rows)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -160,7 +170,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     step = read_checkpoint(out / "checkpoint.pt")["step"]
     assert 0 < step < 400
     total = step + 7 if step % 5 else step + 5  # an interruption between rows, then some more
-    write_config(config, checkpoint_every=1000, steps=total)  # more steps may be asked for
+    write_config(config, steps=total, **settings)  # more steps may be asked for
     r = subprocess.run(train_cmd(config, data, out), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"from step {step}" in r.stdout
@@ -180,6 +190,35 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(setup, tmp_path):
     )
     summaries = [json.loads((d / "train_summary.json").read_text()) for d in (out, straight)]
     assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
+    # The view of the resumed run shows each step once: what the first run logged after its
+    # checkpoint is dropped (the log is the uninterrupted run's, as checked above).
+    scalars, previews = live_view(out / "tensorboard")
+    assert_shows(scalars, resumed_log)
+    assert sorted(previews) == [*range(10, total + 1, 10)]
+
+
+def live_view(folder):
+    """What TensorBoard shows of one training: {tag: {step: value}}, {step: image size}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ddpm.live import PREVIEW_TAG
+
+    view = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    view.Reload()
+    scalars = {tag: {e.step: e.value for e in view.Scalars(tag)} for tag in view.Tags()["scalars"]}
+    images = view.Images(PREVIEW_TAG) if PREVIEW_TAG in view.Tags()["images"] else []
+    steps = [e.step for e in images]
+    assert len(steps) == len(set(steps)), "each preview once"
+    return scalars, {e.step: (e.width, e.height) for e in images}
+
+
+def assert_shows(scalars, rows):
+    """Every logged column at every logged step, and nothing else (float32 in the events)."""
+    from ddpm.live import TAGS
+
+    assert set(scalars) == set(TAGS.values())
+    for key, tag in TAGS.items():
+        assert scalars[tag] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in rows}, key
 
 
 def test_damaged_checkpoint_and_changed_settings_give_clear_errors(setup, tmp_path):
@@ -215,6 +254,9 @@ def test_a_changed_setting_sets_the_checkpoint_aside_and_trains_from_scratch(set
     assert [r["loss"] for r in read_log(out / "train_log.csv")] == [
         r["loss"] for r in read_log(fresh / "train_log.csv")
     ]
+    # The live view shows the new training alone: the old one's event files are gone.
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert_shows(live_view(out / "tensorboard")[0], read_log(out / "train_log.csv"))
 
 
 def test_more_steps_resume_and_a_finished_run_finishes_again(setup, tmp_path):
