@@ -618,7 +618,17 @@ def _writers(g: Path, out: Path, fake_flowers_cfg: Path) -> dict[str, list]:
         "train": ["train", "--config", cfg, "--data", g / "data.npy", "--out", out / "run"],
         "sample": ["sample", "--config", cfg, "--ckpt", g / "run/final.pt", "--out", out / "v"],
         "evaluate": _evaluate(g, out)[0][:-1] + [out / "v"],
-        "summary": ["summary", "--config", cfg, "--runs", g / "runs", "--out", out / "s.csv"],
+        "summary": [
+            "summary",
+            "--config",
+            cfg,
+            "--runs",
+            g / "runs",
+            "--out",
+            out / "s.csv",
+            "--metrics",
+            out / "m.json",
+        ],
         "report": ["report", "--config", cfg, "--runs", g / "runs", "--out", out / "r.html"],
     }
 
