@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -105,9 +106,10 @@ def cmd_runs(args) -> None:
 
 
 def cmd_settings(args) -> None:
+    from ddpm.config import load_config
     from ddpm.stages import write_all_settings
 
-    cfg = _config(args)
+    cfg = load_config(args.config, _parse_set(args.set), layer=args.params)
     if args.dvc_yaml:
         from ddpm.dvcfile import check_current
 
@@ -265,11 +267,14 @@ def cmd_report(args) -> None:
 
 
 def cmd_dvc_yaml(args) -> None:
-    from ddpm.dvcfile import render_file
+    from ddpm.dvcfile import PARAMS, render_files
 
     if args.set:
         raise PipelineError("dvc-yaml reads the config file as DVC will; --set is not supported")
-    _write_or_print(render_file(args.config), args.out)
+    dvc_yaml, params = render_files(args.config)
+    if args.out:  # DVC reads params.yaml from beside dvc.yaml
+        _write_or_print(params, str(Path(args.out).with_name(PARAMS)))
+    _write_or_print(dvc_yaml, args.out)
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,10 @@ COMMANDS = {
         cmd_settings,
         "write every stage's settings file (what each job reads and is fingerprinted by)",
         (("--out", "folder to write them to (the pipeline uses RESULTS/settings)"),),
-        (("--dvc-yaml", "first check that this dvc.yaml was generated from the config"),),
+        (
+            ("--params", "a params file (DVC's params.yaml) whose settings replace the config's"),
+            ("--dvc-yaml", "first check that this dvc.yaml was generated from the config"),
+        ),
     ),
     "download": Command(
         cmd_download,
@@ -396,8 +404,8 @@ COMMANDS = {
     ),
     "dvc-yaml": Command(
         cmd_dvc_yaml,
-        "write dvc.yaml for the config's stages and grid",
-        optional=(("--out", "file to write (default: stdout)"),),
+        "write dvc.yaml for the config's stages and grid, and params.yaml beside it",
+        optional=(("--out", "file to write (default: stdout, without params.yaml)"),),
     ),
     "summary": Command(
         cmd_summary,

@@ -714,8 +714,11 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate a YAML config; `overrides` maps dotted keys to values."""
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, layer: str | Path | None = None
+) -> Config:
+    """Read and validate a YAML config; `overrides` maps dotted keys to values. `layer` is a
+    YAML file of sections of settings (DVC's params.yaml) whose values replace the config's."""
     path = Path(path)
     raw = load_yaml(path)
     if raw is None:
@@ -723,10 +726,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             f"{path} is empty; write at least the settings that differ from the defaults (an "
             "empty file is far more often a mistake than a wish for every default)"
         )
+    overrides = {**layer_values(layer), **(overrides or {})} if layer else overrides
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}{f' with {layer}' if layer else ''}: {e}") from None
+
+
+def layer_values(path: str | Path) -> dict[str, Any]:
+    """The settings of a layer file (`section: {key: value}`) as dotted keys, each checked."""
+    raw = load_yaml(path) or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{path}: expected sections of settings (`train: {{lr: ...}}`)")
+    values = {}
+    for section, settings in raw.items():
+        for key, value in settings.items():
+            dotted = f"{section}.{key}"
+            if dotted not in leaf_keys():
+                suggestion = _did_you_mean(dotted, list(leaf_keys()))
+                raise ConfigError(f"{path}: unknown setting '{dotted}'{suggestion or ''}")
+            values[dotted] = value
+    return values
 
 
 def to_dict(cfg, skip_unread: bool = False) -> dict:

@@ -97,3 +97,21 @@ def test_overrides_and_hash(tmp_path):
         load_config(path, {"train.nope": 1})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_params_layer_replaces_the_configs_settings_and_refuses_unknown_ones(tmp_path):
+    config, layer = tmp_path / "c.yaml", tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump({"train": {"steps": 10, "lr": 1.0e-4}}))
+    layer.write_text(yaml.safe_dump({"train": {"lr": 3.0e-4}, "sample": {"eta": 1.0}}))
+    cfg = load_config(config, layer=layer)
+    assert (cfg.train.steps, cfg.train.lr, cfg.sample.eta) == (10, 3.0e-4, 1.0)
+    assert load_config(config, {"train.lr": 5.0e-4}, layer=layer).train.lr == 5.0e-4
+    layer.write_text(yaml.safe_dump({"train": {"lrr": 3.0e-4}}))
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown setting 'train.lrr'.*train.lr"):
+        load_config(config, layer=layer)
+    layer.write_text(yaml.safe_dump({"train": 3}))
+    with pytest.raises(ConfigError, match="expected sections of settings"):
+        load_config(config, layer=layer)
+    layer.write_text(yaml.safe_dump({"train": {"lr": -1.0}}))
+    with pytest.raises(ConfigError, match="with .*params.yaml: .*train.lr"):
+        load_config(config, layer=layer)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import (
     ENV,
@@ -17,15 +18,15 @@ from conftest import (
     write_config,
 )
 
-from ddpm.dvcfile import render_file
+from ddpm.dvcfile import render_files
 
 
-def test_dvc_yaml_is_generated_from_the_config(monkeypatch):
+def test_dvc_yaml_and_params_are_generated_from_the_config(monkeypatch):
     monkeypatch.chdir(ROOT)
-    expected = render_file("config/config.yaml")
-    assert (ROOT / "dvc.yaml").read_text() == expected, (
-        "run `python -m ddpm dvc-yaml --config config/config.yaml --out dvc.yaml`"
-    )
+    dvc_yaml, params = render_files("config/config.yaml")
+    hint = "run `python -m ddpm dvc-yaml --config config/config.yaml --out dvc.yaml`"
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml, hint
+    assert (ROOT / "params.yaml").read_text() == params, hint
 
 
 def dvc_outputs(project: Path) -> set[str]:
@@ -98,9 +99,17 @@ def test_a_bundle_axis_gives_both_tools_the_same_variant_paths(tmp_path):
     assert {p for p in runs if "/sampler~" in p} <= theirs
 
 
-def test_a_stale_dvc_yaml_refuses_to_run(tmp_path):
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"grid": {"T": [20, 30, 40]}},  # DVC would run the wrong stages
+        {"train": {**TINY["train"], "lr": 1.0e-3}},  # the older params.yaml would win
+    ],
+    ids=["grid", "setting"],
+)
+def test_a_stale_dvc_yaml_refuses_to_run(tmp_path, edit):
     project = make_project(tmp_path, TINY, dvc=True)
-    write_config(project, {**TINY, "grid": {"T": [20, 30, 40]}})
+    write_config(project, {**TINY, **edit})
     r = dvc(project, "repro", check=False)
     assert r.returncode != 0
     assert "dvc.yaml does not match config/config.yaml" in r.stdout + r.stderr

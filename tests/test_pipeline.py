@@ -13,6 +13,7 @@ suffices here; edits of the grid itself are tested in test_workflow.py.
 
 import copy
 import json
+import re
 
 import pytest
 import yaml
@@ -32,7 +33,20 @@ from conftest import (
     write_config,
 )
 
+from ddpm.config import load_config
+from ddpm.stages import STAGES, read_keys
+
 CONFIG = {**TINY, "grid": {"T": [20]}}
+DVC_YAML = (
+    "python",
+    "-m",
+    "ddpm",
+    "dvc-yaml",
+    "--config",
+    "config/config.yaml",
+    "--out",
+    "dvc.yaml",
+)
 
 
 def _share(root):
@@ -104,20 +118,44 @@ def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path)
 
 
 def edit_config(section: str, **values):
-    def apply(project):
+    """An edit of settings as each tool's users make it: Snakemake's in config/config.yaml;
+    DVC's in params.yaml where the settings are DVC params, else in the config, after which
+    dvc.yaml and params.yaml are generated again (as dvc.yaml's header asks). Returns the
+    params it edited."""
+
+    def apply(project, tool):
+        keys = {f"{section}.{key}" for key in values}
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        if tool == "dvc" and keys <= {f"{s}.{k}" for s in params for k in params[s]}:
+            params[section].update(values)
+            (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            return keys
         cfg = copy.deepcopy(CONFIG)
         cfg.setdefault(section, {}).update(values)
         write_config(project, cfg)
+        if tool == "dvc":
+            generate_dvc_files(project)
+        return set()
 
     return apply
 
 
 def edit_code(path: str):
-    def apply(project):
+    def apply(project, tool):
         with open(project / path, "a") as f:
             f.write("# an edit\n")
+        return set()
 
     return apply
+
+
+def generate_dvc_files(project):
+    run_tool(project, *DVC_YAML)
+
+
+def readers(params: set[str]) -> set[str]:
+    """The stages that read any of these settings, as the stage table declares them."""
+    return {s.name for s in STAGES if params & set(read_keys(s))}
 
 
 # (edit, jobs Snakemake plans, stages dvc repro runs, the tools that also run it). Stage
@@ -152,11 +190,12 @@ CASES = {
         {"settings", "train"} | DVC_AFTER_TRAINING,
         (),
     ),
+    # Run under DVC as an experiment, by the test after these.
     "train": (
         edit_config("train", lr=1.0e-3),
         {"settings": 6, "train": 1, **AFTER_TRAINING},
         {"settings", "train"} | DVC_AFTER_TRAINING,
-        ("dvc",),
+        (),
     ),
     "sample": (
         edit_config("sample", num_images=6),
@@ -210,38 +249,32 @@ CASES = {
 }
 
 
-def assert_current(project, tmp_path):
-    """Everything the pipeline made matches the project's current config and code: each
-    settings file is what `python -m ddpm settings` writes now, and the outputs show it."""
+def assert_current(project, tmp_path, *, params: bool = False):
+    """Everything the pipeline made matches the project's current config and code (with
+    `params`, under the params.yaml layer that DVC's settings stage reads): each settings file
+    is what `python -m ddpm settings` writes now, and the outputs show it."""
     fresh = tmp_path / "settings-now"
-    run_tool(
-        project,
-        "python",
-        "-m",
-        "ddpm",
-        "settings",
-        "--config",
-        "config/config.yaml",
-        "--out",
-        str(fresh),
-    )
+    layer = ("--params", "params.yaml") if params else ()
+    settings = ("python", "-m", "ddpm", "settings", "--config", "config/config.yaml", *layer)
+    run_tool(project, *settings, "--out", str(fresh))
     written = sorted(p.relative_to(fresh) for p in fresh.rglob("*.json"))
     assert written
     for name in written:
         assert (project / "results/settings" / name).read_text() == (fresh / name).read_text()
-    cfg = yaml.safe_load((project / "config/config.yaml").read_text())
+    cfg = load_config(
+        project / "config/config.yaml", layer=project / "params.yaml" if params else None
+    )
     run = project / "results/runs/T~20"
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
     metrics = json.loads((run / "default/metrics.json").read_text())
-    assert metrics["n_generated"] == cfg["sample"]["num_images"]
+    assert metrics["n_generated"] == cfg.sample.num_images
     # FID over training: the snapshot at step 3 and the final weights, at this config's budget
     points = json.loads((run / "progress.json").read_text())["points"]
     assert [(p["step"], p["n_images"]) for p in points] == [
-        (3, cfg["progress"]["num_images"]),
-        (6, cfg["progress"]["num_images"]),
+        (3, cfg.progress.num_images),
+        (6, cfg.progress.num_images),
     ]
-    title = cfg["report"].get("title", "DDPM sweep")
-    assert f"<title>{title}</title>" in (project / "results/report.html").read_text()
+    assert f"<title>{cfg.report.title}</title>" in (project / "results/report.html").read_text()
 
 
 def _results(project):
@@ -257,7 +290,7 @@ def _results(project):
 def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
     edit, jobs, _, runs = CASES[case]
     project = copy_project(baseline, tmp_path / "moved")
-    edit(project)
+    edit(project, "snakemake")
     before = _results(project)
     assert planned_jobs(project) == jobs
     assert _results(project) == before, "a dry run writes nothing"
@@ -272,6 +305,7 @@ def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case)
     assert_current(project, tmp_path)
 
     # The documented Snakemake -> DVC step records the rerun without running anything.
+    generate_dvc_files(project)
     r = dvc(project, "commit", "--force")
     assert "Running stage" not in r.stdout
     assert dvc_changed_stages(project) == set() and planned_jobs(project) == {}
@@ -282,50 +316,49 @@ def test_snakemake_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case)
 def test_dvc_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
     edit, _, stages, runs = CASES[case]
     project = copy_project(baseline, tmp_path / "moved")
-    edit(project)
-    assert dvc_changed_stages(project) == {"settings"}
+    edited = edit(project, "dvc")
+    # DVC names the stages whose declared params changed; one network: DVC names its matrix
+    # stages train@20, sample@20, evaluate@20
+    assert networkless(dvc_changed_stages(project)) == {"settings"} | readers(edited)
     if "dvc" not in runs:  # the settings stage alone: DVC then lists what it would rerun
         assert dvc_repro(project, "settings") == ["settings"]
-        assert {n.removesuffix("@20") for n in dvc_changed_stages(project)} == stages - {"settings"}
+        assert networkless(dvc_changed_stages(project)) == stages - {"settings"}
         return
-    # one network: DVC names its matrix stages train@20, sample@20, evaluate@20
-    assert {name.removesuffix("@20") for name in dvc_repro(project)} == stages
+    assert networkless(dvc_repro(project)) == stages
     assert dvc_changed_stages(project) == set()
-    assert_current(project, tmp_path)
+    assert_current(project, tmp_path, params=True)
+
+
+def networkless(stages) -> set[str]:
+    return {name.removesuffix("@20") for name in stages}
 
 
 @pytest.mark.slow
-def test_a_sampler_axis_added_to_a_trained_sweep_samples_its_networks_again_only(
-    baseline, tmp_path
-):
-    """Sampler axes make variants that share one trained network: adding `sample.steps` to
-    the grid of a trained sweep trains nothing and samples and evaluates each new variant, in
-    runs/<network>/<variant>/; Snakemake's own report bundles ours."""
+def test_a_dvc_experiment_varies_a_setting_and_leaves_the_config_alone(baseline, tmp_path):
+    """`dvc exp run -S train.lr=...` (the `train` case) reruns what that case reruns, rewrites
+    params.yaml only, and `dvc params diff`, `exp diff` and `exp show` report it."""
     project = copy_project(baseline, tmp_path / "moved")
-    cfg = {**CONFIG, "grid": {**CONFIG["grid"], "sample.steps": [2, 4]}}
-    write_config(project, cfg)
-    jobs = planned_jobs(project)
-    assert "train" not in jobs and (jobs["sample"], jobs["evaluate"]) == (2, 2)
-    snakemake(project, "--cores", "2")
-    network = project / "results/runs/T~20"
-    variants = sorted(p.name for p in network.iterdir() if (p / "sample_summary.json").exists())
-    assert variants == ["default", "sample.steps~2", "sample.steps~4"]  # `default` was there
-    for steps in (2, 4):
-        summary = json.loads((network / f"sample.steps~{steps}/sample_summary.json").read_text())
-        assert summary["nfe_per_image"] == steps and summary["network"] == "T~20"
-        assert summary["train_step"] == CONFIG["train"]["steps"]
-    rows = (project / "results/summary.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].startswith("T~20/sample.steps~2,T~20,")
-    snakemake(project, "--report", "report.zip")
-    assert (project / "report.zip").stat().st_size > 0
+    commit(project, "the baseline")  # experiments are made from, and compared with, a commit
+    config = (project / "config/config.yaml").read_bytes()
+    out = dvc(project, "exp", "run", "--name", "higher-lr", "-S", "train.lr=0.001").stdout
+    ran = re.findall(r"^Running stage '([^']+)'", out, re.M)
+    assert networkless(ran) == CASES["train"][2]
+    assert (project / "config/config.yaml").read_bytes() == config, "the config is untouched"
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"] == 0.001
+    assert dvc_changed_stages(project) == set()
+    assert_current(project, tmp_path, params=True)
 
-    # One more sampler value adds one variant and trains nothing.
-    write_config(project, {**cfg, "grid": {**cfg["grid"], "sample.steps": [2, 3, 4]}})
-    assert planned_jobs(project) == {
-        "settings": 4,  # the new variant's sample and evaluate, and summary's and report's
-        "sample": 1,
-        "evaluate": 1,
-        "summary": 1,
-        "report": 1,
-        "all": 1,
-    }
+    change = {"old": CONFIG["train"].get("lr", 2.0e-4), "new": 0.001}
+    diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
+    assert list(diff) == ["params.yaml"] and list(diff["params.yaml"]) == ["train.lr"]
+    assert diff["params.yaml"]["train.lr"].items() >= change.items()
+    diff = json.loads(dvc(project, "exp", "diff", "--json").stdout)
+    assert diff["params"]["params.yaml"]["train.lr"].items() >= change.items()
+    assert {"T~20.fid", "T~20.kid_mean"} <= set(diff["metrics"]["results/metrics.json"])
+    # README's view: the settings that differ and the metrics, without the dependency hashes
+    show = ("exp", "show", "--md", "--only-changed", "--drop", "results/")
+    table = dvc(project, *show).stdout.splitlines()
+    columns = [c.strip() for c in table[0].strip().strip("|").split("|")]
+    metrics = [f"T~20.{key}" for key in ("fid", "fid_std", "is_mean", "kid_mean")]
+    assert columns == ["Experiment", "Created", *metrics, "train.lr"], columns
+    assert any("higher-lr" in row and "0.001" in row for row in table[2:]), table
