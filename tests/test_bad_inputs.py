@@ -695,6 +695,15 @@ def test_an_error_after_a_bar_left_open_still_starts_its_own_line(tmp_path, caps
     assert bar.disable, "the bar was closed"
 
 
+def _ctrl_c_as_in_a_terminal():
+    """In the child, before exec: SIGINT at its default and not blocked, as a shell started
+    from a terminal leaves it. Both are inherited through exec, and a test worker's process
+    may hold them otherwise after what earlier tests ran in it (once in CI the command ignored
+    the signal and ran on)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp_path):
     cfg = _config(tmp_path, data={"synthetic_count": 200_000, "image_size": 64})
     out = tmp_path / "out/data.npy"
@@ -705,6 +714,7 @@ def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp
         # Its bar draws every 0.2 s, not every 30 s as in a log file (stderr is a pipe here).
         env={**os.environ, "TQDM_MININTERVAL": "0.2"},
         start_new_session=True,  # its own process group, as a terminal gives it
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     try:
         seen = ""
@@ -717,6 +727,7 @@ def test_ctrl_c_in_preprocessing_exits_130_with_one_line_and_no_partial_file(tmp
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 130, err
     assert [line for line in err.splitlines() if line.startswith("error: ")] == [
         "error: preprocess interrupted (Ctrl-C); nothing half-written was kept. Run the same "
