@@ -9,6 +9,7 @@ SCRIPTS = [
     ["bench_preprocess.py"],
     ["bench_train.py", "--presets", "tiny", "ddpm", "--peers", "--steps", "1"],
     ["bench_sample.py"],
+    ["bench_solvers.py"],
     ["bench_evaluate.py"],
     ["bench_pipeline.py"],
 ]

@@ -85,6 +85,8 @@ Device = Literal["auto", "cpu", "cuda"]
 Objective = Literal["eps", "x0", "v"]
 LossWeighting = Literal["uniform", "min_snr"]
 Variance = Literal["beta_tilde", "beta"]
+Method = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"]
+Spacing = Literal["linspace", "leading", "trailing"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Compile = Literal["auto"] | bool
 
@@ -198,8 +200,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    method: Literal["ddpm", "ddim"] = setting("ddpm", "ancestral DDPM over all T steps, or DDIM")
-    steps: int | None = setting(None, "DDIM steps (null: all T); DDPM always takes T", ge=1)
+    method: Method = setting(
+        "ddpm",
+        "ancestral DDPM over all T steps; DDIM; or DPM-Solver++ (Lu et al. 2022), multistep, "
+        "second (2m) or third (3m) order",
+    )
+    steps: int | None = setting(
+        None, "network calls of DDIM or DPM-Solver++ (null: all T); DDPM always takes T", ge=1
+    )
+    spacing: Spacing = setting(
+        "linspace",
+        "where DDIM and DPM-Solver++ call the network among the T timesteps, as diffusers' "
+        "DDIMScheduler places them: linspace (evenly from T-1 to 0), leading (multiples of "
+        "T // steps from 0) or trailing (from T-1 down in strides of T / steps)",
+    )
+    lower_order_final: bool = setting(
+        True,
+        "DPM-Solver++ under 15 steps: at most second order at the second-to-last step (the "
+        "last, to t = 0, is always first order), as diffusers does",
+    )
     eta: float = setting(0.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like", ge=0.0, le=1.0)
     variance: Variance = setting(
         "beta_tilde", "DDPM reverse variance: posterior beta_tilde or beta (Ho et al. sec. 3.2)"
@@ -452,7 +471,7 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"sample.steps: {s.steps} exceeds diffusion.T ({d.T})")
     if s.method == "ddpm" and s.steps not in (None, d.T):
         raise ConfigError(
-            f"sample.steps: {s.steps} is only meaningful with sample.method: ddim "
+            f"sample.steps: {s.steps} is only meaningful with sample.method ddim or dpmpp-* "
             "(ancestral DDPM sampling always takes all T steps); set it to null or use ddim"
         )
     if cfg.evaluate.inception_source == "synthetic" and cfg.data.source != "synthetic":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import itertools
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -358,27 +359,47 @@ def budgets(settings: list[Setting]) -> dict[int, dict]:
     return out
 
 
+# The line style of each sampler in the cost plots (DDPM's single point has none).
+SAMPLER_STYLES = {
+    "ddpm": ("none", "s"),
+    "ddim": ("-", "o"),
+    "dpmpp-2m": ("--", "^"),
+    "dpmpp-3m": (":", "v"),
+}
+
+
 def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
-    """FID against sampling cost, one line per trained network; a star marks the best run at
-    each number of network evaluations."""
+    return _figure_uri(cost_figure(costed, leaders))
+
+
+def cost_figure(costed: list[dict], leaders: dict[int, dict]):
+    """FID against sampling cost: a colour per trained network, a line style per sampler; a
+    star marks the best run at each number of network evaluations."""
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     networks = list(dict.fromkeys(r["network"] for r in costed))
-    for i, network in enumerate(networks):
+    samplers = [m for m in SAMPLER_STYLES if any(r["sampler"] == m for r in costed)]
+    for (i, network), sampler in itertools.product(enumerate(networks), samplers):
         pts = sorted(
-            (r for r in costed if r["network"] == network), key=lambda r: r["nfe_per_image"]
+            (r for r in costed if r["network"] == network and r["sampler"] == sampler),
+            key=lambda r: r["nfe_per_image"],
         )
+        if not pts:
+            continue
+        linestyle, marker = SAMPLER_STYLES[sampler]
+        label = _label(pts[0]) + (f", {sampler}" if len(samplers) > 1 else "")
         for ax, x in ((a1, "nfe_per_image"), (a2, "sample_s_per_1000")):
             ax.errorbar(
                 [r[x] for r in pts],
                 [r["fid"] for r in pts],
                 yerr=_errors(pts),
-                marker="o",
+                marker=marker,
+                linestyle=linestyle,
                 capsize=3,
                 color=f"C{i}",
-                label=_label(pts[0]),
+                label=label,
             )
     for r in (b["best"] for b in leaders.values()):
         a1.plot(
@@ -412,7 +433,7 @@ def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
     a1.legend(fontsize=7)
-    return _figure_uri(fig)
+    return fig
 
 
 def _samples(path: Path, n: int):

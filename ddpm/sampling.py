@@ -1,4 +1,4 @@
-"""Samplers as plain functions: DDPM ancestral sampling and DDIM.
+"""Samplers as plain functions: DDPM ancestral sampling, DDIM and DPM-Solver++ (2M and 3M).
 
 Every random number that sample i uses is a function of (seed, i) and its place in the chain
 alone, computed on the sampling device by a counter-based generator (`SampleNoise`): image i is
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.config import Variance
+from ddpm.config import Spacing, Variance
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import GaussianDiffusion, Model, extract
 from ddpm.errors import PipelineError
@@ -148,12 +148,23 @@ def ddpm_sample(
     return _run_chain(list(range(diffusion.T - 1, -1, -1)), step, noise, record, progress, "ddpm")
 
 
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """`steps` timesteps spread evenly over 0..T-1, descending, always including T-1 and 0."""
+def chain_timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
+    """The `steps` timesteps at which DDIM or DPM-Solver++ calls the network, descending (the
+    chain then steps to x_0), placed as diffusers' DDIMScheduler places them (Lin et al. 2024,
+    table 2): `linspace` rounds an even spread from T-1 to 0 (both included); `leading` takes
+    the multiples of T // steps from 0 (so it never starts at T-1); `trailing` steps down from
+    T-1 in strides of T / steps, rounded (so it ends above 0 unless steps = T)."""
     if not 1 <= steps <= T:
-        raise ValueError(f"DDIM steps must be in 1..{T}, got {steps}")
-    ts = np.unique(np.round(np.linspace(0, T - 1, steps)).astype(int))
-    return [int(t) for t in ts[::-1]]
+        raise ValueError(f"sampling steps must be in 1..{T}, got {steps}")
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps).round()
+    elif spacing == "leading":
+        ts = np.arange(steps) * (T // steps)
+    elif spacing == "trailing":
+        ts = np.round(T - np.arange(steps) * (T / steps)) - 1
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose linspace, leading or trailing")
+    return sorted({int(t) for t in ts}, reverse=True)
 
 
 @torch.no_grad()
@@ -166,12 +177,13 @@ def ddim_sample(
     *,
     steps: int,
     eta: float = 0.0,
+    spacing: Spacing = "linspace",
     device: torch.device | str = "cpu",
     clip_denoised: bool = True,
     record: Sequence[int] = (),
     progress: bool = False,
 ) -> SampleResult:
-    """DDIM (Song et al. 2021, eq. 12) on `steps` of the T timesteps.
+    """DDIM (Song et al. 2021, eq. 12) on `steps` of the T timesteps (`chain_timesteps`).
 
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z, with
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); eta = 0 is deterministic.
@@ -193,7 +205,80 @@ def ddim_sample(
             x_prev = x_prev + sigma * noise()
         return x_prev
 
-    return _run_chain(ddim_timesteps(diffusion.T, steps), step, noise, record, progress, "ddim")
+    timesteps = chain_timesteps(diffusion.T, steps, spacing)
+    return _run_chain(timesteps, step, noise, record, progress, "ddim")
+
+
+@torch.no_grad()
+def dpm_solver_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    seed: int,
+    indices: Sequence[int],
+    shape: tuple[int, int, int],
+    *,
+    steps: int,
+    order: int = 2,
+    spacing: Spacing = "linspace",
+    lower_order_final: bool = True,
+    device: torch.device | str = "cpu",
+    clip_denoised: bool = True,
+    record: Sequence[int] = (),
+    progress: bool = False,
+) -> SampleResult:
+    """DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095), multistep, on the data prediction:
+    order 2 is their Algorithm 2 ("2M"), order 3 the third-order multistep update.
+
+    With lambda = log(alpha / sigma) and h the step in lambda, each step is the exact solution
+    of the diffusion ODE for x_0 predictions that are polynomial in lambda, fitted to the last
+    `order` predictions:
+      x_next = (sigma_next / sigma) x - alpha_next (e^-h - 1) D0 (- ... D1, D2 terms),
+    where D0 is the newest x_0 prediction and D1, D2 finite differences of the older ones
+    (diffusers' `multistep_dpm_solver_*_order_update`, midpoint form). The first steps use the
+    orders their history allows; the last step, to t = 0's clean sample (sigma = 0), reduces to
+    the newest x_0 prediction at every order; with `lower_order_final`, chains of under 15 steps
+    are at most second order at the step before it, as in diffusers.
+    """
+    if order not in (2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 2 or 3, got {order}")
+    device = torch.device(device)
+    noise = SampleNoise(seed, indices, shape, device)
+    timesteps = chain_timesteps(diffusion.T, steps, spacing)
+    ab = diffusion.alphas_cumprod.to(device)
+    alpha, sigma = ab.sqrt(), (1.0 - ab).sqrt()
+    lam = alpha.log() - sigma.log()
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (lambda, x_0 prediction), newest last
+
+    def step(x, t, t_prev):
+        t_vec = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+        _, x0 = diffusion.model_predictions(model, x, t_vec, clip_denoised)
+        if t_prev < 0:
+            return x0
+        history.append((lam[t], x0))
+        del history[:-order]
+        k = len(history)
+        if lower_order_final and len(timesteps) < 15 and t_prev == timesteps[-1]:
+            k = min(k, 2)
+        h = lam[t_prev] - lam[t]
+        phi = torch.expm1(-h)  # e^-h - 1
+        a = alpha[t_prev]
+        out = (sigma[t_prev] / sigma[t]) * x - a * phi * x0
+        if k == 1:
+            return out.to(x.dtype)
+        (l1, m1), (l0, m0) = history[-2], history[-1]
+        r0 = (l0 - l1) / h
+        d1_0 = (m0 - m1) / r0
+        if k == 2:
+            return (out - 0.5 * a * phi * d1_0).to(x.dtype)
+        l2, m2 = history[-3]
+        r1 = (l1 - l2) / h
+        d1_1 = (m1 - m2) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        out = out + a * (phi / h + 1.0) * d1 - a * ((phi + h) / h**2 - 0.5) * d2
+        return out.to(x.dtype)
+
+    return _run_chain(timesteps, step, noise, record, progress, f"dpm-solver++({order}m)")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -241,17 +326,26 @@ def run_chain(
                 clip_denoised=sc.clip_denoised,
                 record=record,
             )
-        return ddim_sample(
+        common = {
+            "steps": sc.steps or nets.diffusion.T,
+            "spacing": sc.spacing,
+            "device": device,
+            "clip_denoised": sc.clip_denoised,
+            "record": record,
+        }
+        if sc.method == "ddim":
+            net, diffusion = nets.net, nets.diffusion
+            return ddim_sample(net, diffusion, sc.seed, indices, shape, eta=sc.eta, **common)
+        order = {"dpmpp-2m": 2, "dpmpp-3m": 3}[sc.method]
+        return dpm_solver_sample(
             nets.net,
             nets.diffusion,
             sc.seed,
             indices,
             shape,
-            steps=sc.steps or nets.diffusion.T,
-            eta=sc.eta,
-            device=device,
-            clip_denoised=sc.clip_denoised,
-            record=record,
+            order=order,
+            lower_order_final=sc.lower_order_final,
+            **common,
         )
 
 
@@ -301,7 +395,8 @@ def generate(
         )
     steps = sc.steps or T
     # Trajectory: evenly spaced timesteps of the chain that this sampler visits.
-    visited = list(range(T - 1, -1, -1)) if sc.method == "ddpm" else ddim_timesteps(T, steps)
+    ddpm = sc.method == "ddpm"
+    visited = list(range(T - 1, -1, -1)) if ddpm else chain_timesteps(T, steps, sc.spacing)
     picks = np.unique(np.linspace(0, len(visited) - 1, sc.trajectory_points - 1).round())
     record = [visited[int(i)] for i in picks]
 
@@ -331,7 +426,8 @@ def generate(
         "steps": nfe,
         "nfe_per_image": nfe,
         "eta": sc.eta if sc.method == "ddim" else None,
-        "variance": sc.variance if sc.method == "ddpm" else None,
+        "spacing": None if ddpm else sc.spacing,
+        "variance": sc.variance if ddpm else None,
         "num_images": sc.num_images,
         "seed": sc.seed,
         "elapsed_s": elapsed,

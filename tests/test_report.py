@@ -14,7 +14,7 @@ from ddpm.config import config_from_dict
 from ddpm.data import preprocess
 from ddpm.images import save_grid
 from ddpm.layout import LOG_FIELDS
-from ddpm.report import build_report, log_ticks, write_summary
+from ddpm.report import SAMPLER_STYLES, build_report, cost_figure, log_ticks, write_summary
 from ddpm.stages import plan
 
 ARTIFACTS = Path(
@@ -320,6 +320,44 @@ def test_sampler_variants_compare_quality_against_cost(tmp_path):
     assert [r["sample_s_per_1000"] for r in context["rows"]][:2] == [10.0, 5.0]
     costs = {c["network"]: (c["hours"], c["unit"]) for c in context["costs"]}
     assert costs == {"T~20": (1.0, "hours (CPU)"), "T~30": (0.5, "hours (CPU)")}
+
+
+def test_each_sampler_is_a_line_style_and_budgets_compare_across_samplers(tmp_path):
+    """DDIM at 5 and 10 calls and DPM-Solver++(2M) at 5 for two networks: one line per
+    (network, sampler), a colour per network and a style per sampler, and the best at 5 calls
+    is chosen among both samplers of both networks."""
+    sampler = [
+        {"method": "ddim", "sample.steps": 5},
+        {"method": "ddim", "sample.steps": 10},
+        {"method": "dpmpp-2m", "sample.steps": 5},
+    ]
+    cfg = config_from_dict(
+        {
+            "grid": {"T": [20, 30], "sampler": sampler},
+            "data": {"source": "synthetic", "image_size": 16},
+            "model": {"preset": "tiny"},
+        }
+    )
+    variants = {"sampler~ddim-5": 5, "sampler~ddim-10": 10, "sampler~dpmpp-2m-5": 5}
+    fabricate_run(tmp_path / "runs/T~20", 2, variants=variants)
+    fabricate_run(tmp_path / "runs/T~30", 1, variants=variants)  # FID 70 at both 5-call runs
+    metrics_file = tmp_path / "runs/T~30/sampler~dpmpp-2m-5/metrics.json"
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid": 58.0}))
+    context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
+    best = context["budgets"][5]
+    assert best["best"]["run_id"] == "T~30/sampler~dpmpp-2m-5"
+    assert best["second"]["run_id"] == "T~30/sampler~ddim-5" and best["margin"] == 12.0
+
+    costed = [r for r in context["rows"] if r.get("nfe_per_image")]
+    fig = cost_figure(costed, context["budgets"])
+    lines = {bars.get_label(): bars.lines[0] for bars in fig.axes[0].containers}
+    assert set(lines) == {f"T~{t}, {m}" for t in (20, 30) for m in ("ddim", "dpmpp-2m")}
+    for label, line in lines.items():
+        network, method = label.split(", ")
+        assert (line.get_linestyle(), line.get_marker()) == SAMPLER_STYLES[method]
+        assert line.get_color() == lines[f"{network}, ddim"].get_color()
+        assert len(line.get_xdata()) == (2 if method == "ddim" else 1)
+    assert lines["T~20, ddim"].get_color() != lines["T~30, ddim"].get_color()
 
 
 def _browser(size: str = "1280,2000"):

@@ -1,14 +1,17 @@
 import numpy as np
+import pytest
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from scipy import stats
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.presets import UNetSpec
 from ddpm.sampling import (
     SampleNoise,
+    chain_timesteps,
     ddim_sample,
-    ddim_timesteps,
     ddpm_sample,
+    dpm_solver_sample,
     mix32,
     to_uint8,
 )
@@ -80,10 +83,131 @@ def test_trajectory_records_requested_steps():
     torch.testing.assert_close(out.trajectory[-1][1], out.images)
 
 
-def test_ddim_timesteps():
-    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
-    ts = ddim_timesteps(1000, 50)
+def test_chain_timesteps_are_diffusers_ddim_spacings():
+    assert chain_timesteps(1000, 1000) == list(range(999, -1, -1))
+    ts = chain_timesteps(1000, 50)
     assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    for spacing in ("linspace", "leading", "trailing"):
+        for T, steps in ((1000, 10), (1000, 25), (1000, 3), (350, 20), (20, 7), (20, 20), (7, 1)):
+            theirs = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+            theirs.set_timesteps(steps)
+            ours = chain_timesteps(T, steps, spacing)
+            assert ours == theirs.timesteps.tolist(), (spacing, T, steps)
+            assert len(ours) == steps
+    with pytest.raises(ValueError, match="spacing"):
+        chain_timesteps(10, 5, "uniform")
+
+
+# -- the same chains as diffusers' schedulers --------------------------------------------------
+# Whole chains, driven by one smooth, non-linear stand-in for a network, against diffusers'
+# schedulers stepping the same network from the same x_T. diffusers keeps its schedule in
+# float32 (near t = 0, 1 - alpha_bar then has a relative error of 1e-4 or more); the test gives
+# it this schedule in float64, as set_timesteps would compute it without the cast. Its step
+# still rounds x_t to float32, as ours does (images are float32), so the chains agree to float32
+# precision: 2e-5 over up to 20 steps, where a different order, step or coefficient anywhere
+# differs by 1e-3 or more.
+
+PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+# diffusers' set_timesteps passes a torch tensor to np.array, which NumPy 2 warns about
+THEIR_NUMPY_WARNING = "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning"
+
+
+def stand_in(x, t_in):
+    return torch.tanh(1.5 * x) * torch.cos(3.0 * t_in).view(-1, 1, 1, 1) + 0.3 * x.roll(1, -1)
+
+
+def _float64_schedule(scheduler, diffusion):
+    ab = diffusion.alphas_cumprod.clone()
+    scheduler.alphas_cumprod = ab
+    if hasattr(scheduler, "lambda_t"):
+        scheduler.alpha_t, scheduler.sigma_t = ab.sqrt(), (1 - ab).sqrt()
+        scheduler.lambda_t = scheduler.alpha_t.log() - scheduler.sigma_t.log()
+
+
+def _their_chain(scheduler, diffusion, x, timesteps):
+    for t in timesteps:
+        t_vec = torch.full((x.shape[0],), int(t), dtype=torch.long)
+        out = stand_in(x, diffusion.scale_timesteps(t_vec))
+        x = scheduler.step(out, int(t), x).prev_sample
+    return x
+
+
+@pytest.mark.filterwarnings(THEIR_NUMPY_WARNING)
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize(("order", "steps"), [(2, 8), (2, 20), (3, 8), (3, 20)])
+def test_dpm_solver_equals_diffusers_on_whole_chains(objective, spacing, order, steps):
+    """Orders 2 and 3, below 15 steps (lower-order final steps) and above, each spacing and
+    objective; diffusers is given our timesteps, since its DPM-Solver scheduler places its own
+    `linspace` and `leading` points on a grid of steps + 1 (see `chain_timesteps`)."""
+    T, shape = 200, (3, 8, 8)
+    # not cosine: its alpha_T of 1e-4 makes eps -> x_0 multiply float32 rounding by 1e4
+    d = GaussianDiffusion(make_betas("linear", T), objective=objective)
+    ours = dpm_solver_sample(
+        stand_in,
+        d,
+        3,
+        range(2),
+        shape,
+        steps=steps,
+        order=order,
+        spacing=spacing,
+        clip_denoised=False,
+    ).images
+    ts = chain_timesteps(T, steps, spacing)
+    theirs = DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        trained_betas=d.betas.numpy(),
+        solver_order=order,
+        prediction_type=PREDICTION[objective],
+        algorithm_type="dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    _float64_schedule(theirs, d)
+    theirs.set_timesteps(timesteps=ts)
+    ab = d.alphas_cumprod[ts]
+    theirs.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=ab.dtype)])
+    x_T = SampleNoise(3, range(2), shape, torch.device("cpu"))()
+    expected = _their_chain(theirs, d, x_T, ts)
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=2e-5)
+    first_order = ddim_sample(
+        stand_in, d, 3, range(2), shape, steps=steps, spacing=spacing, clip_denoised=False
+    ).images
+    assert (ours - first_order).abs().max() > 1e-3, "a higher order changes the result"
+
+
+@pytest.mark.filterwarnings(THEIR_NUMPY_WARNING)
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize(
+    ("spacing", "T", "steps"),
+    [("leading", 200, 8), ("leading", 350, 20), ("trailing", 200, 8), ("linspace", 12, 12)],
+)
+def test_ddim_equals_diffusers_on_whole_chains(objective, spacing, T, steps):
+    """diffusers' DDIM steps from t to t - T // steps, which is the next timestep of the chain
+    for `leading`, for `trailing` when steps divides T, and for `linspace` only when steps = T;
+    otherwise its `linspace` chain steps to timesteps it never calls the network at. We follow
+    the paper (each step goes to the next timestep of the sub-sequence) in every case."""
+    shape = (3, 8, 8)
+    d = GaussianDiffusion(make_betas("linear", T), objective=objective)
+    ours = ddim_sample(
+        stand_in, d, 5, range(2), shape, steps=steps, spacing=spacing, clip_denoised=False
+    ).images
+    theirs = DDIMScheduler(
+        num_train_timesteps=T,
+        trained_betas=d.betas.numpy(),
+        prediction_type=PREDICTION[objective],
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing=spacing,
+    )
+    _float64_schedule(theirs, d)
+    theirs.set_timesteps(steps)
+    assert theirs.timesteps.tolist() == chain_timesteps(T, steps, spacing)
+    x_T = SampleNoise(5, range(2), shape, torch.device("cpu"))()
+    expected = _their_chain(theirs, d, x_T, theirs.timesteps)
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=2e-5)
 
 
 def test_to_uint8_clamps_instead_of_wrapping():

@@ -373,6 +373,14 @@ def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, t
     for name in ("grid.png", "trajectory.png", "sample_summary.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert json.loads((tmp_path / "a/sample_summary.json").read_text())["num_images"] == 12
+    # DPM-Solver++(3M) on trailing timesteps, through the same stage
+    dpm = {"sample.method": "dpmpp-3m", "sample.steps": 4, "sample.spacing": "trailing"}
+    dpm_cfg, _ = job("sample", config, dpm)
+    c = generate(dpm_cfg, RUN, ckpt, tmp_path / "d", progress=False)
+    assert (c["method"], c["spacing"], c["nfe_per_image"]) == ("dpmpp-3m", "trailing", 4)
+    assert c["trajectory_t"] == [49, 24, 11, -1]  # of 49, 37, 24, 11 (trailing)
+    dpm_samples = np.load(tmp_path / "d/samples.npz")["images"]
+    assert dpm_samples.shape == samples.shape and (dpm_samples != samples).any()
 
 
 def test_sampling_reads_only_sample_settings(setup, tmp_path):

@@ -30,17 +30,17 @@ from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
     project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     assert planned_jobs(project) == {
-        # 4 stages that run once, 4 networks' training and progress, 4 x 5 sampler variants x
+        # 4 stages that run once, 4 networks' training and progress, 4 x 7 sampler variants x
         # (sample, evaluate), summary, report
-        "settings": 54,
+        "settings": 70,
         "download": 1,
         "preprocess": 1,
         "inception_weights": 1,
         "reference_stats": 1,
         "train": 4,
         "progress": 4,
-        "sample": 20,
-        "evaluate": 20,
+        "sample": 28,
+        "evaluate": 28,
         "summary": 1,
         "report": 1,
         "all": 1,
@@ -57,12 +57,14 @@ def test_lint_is_clean_and_neither_lint_nor_a_dry_run_writes_anything(tmp_path):
 
 def test_a_configfile_grid_replaces_the_default_grid(tmp_path):
     """`--configfile config/demo.yaml` runs the demo's grid, not the demo's axes added to the
-    default config's (whose `sampler` axis would make DDPM variants of the demo)."""
-    project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+    default config's (whose `sampler` axis, of other samplers, would replace the demo's)."""
+    default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    project = make_project(tmp_path, default)
     demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
     jobs = planned_jobs(project, "--configfile", "config/demo.yaml")
     networks = len(demo["grid"]["schedule"]) * len(demo["grid"]["train.seed"])
-    variants = networks * len(demo["grid"]["sample.steps"])
+    assert len(demo["grid"]["sampler"]) != len(default["grid"]["sampler"])
+    variants = networks * len(demo["grid"]["sampler"])
     planned = (jobs["train"], jobs["progress"], jobs["sample"], jobs["evaluate"])
     assert planned == (networks, networks, variants, variants)
 
