@@ -87,6 +87,7 @@ LossWeighting = Literal["uniform", "min_snr"]
 Variance = Literal["beta_tilde", "beta"]
 Method = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"]
 Spacing = Literal["linspace", "leading", "trailing"]
+DdimTarget = Literal["next", "stride"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Compile = Literal["auto"] | bool
 
@@ -213,6 +214,21 @@ class SampleConfig:
         "where DDIM and DPM-Solver++ call the network among the T timesteps, as diffusers' "
         "DDIMScheduler places them: linspace (evenly from T-1 to 0), leading (multiples of "
         "T // steps from 0) or trailing (from T-1 down in strides of T / steps)",
+    )
+    call_at_zero: bool = setting(
+        True,
+        "linspace and leading spacing: the last network call is at t = 0, where diffusers' "
+        "DDIMScheduler places it; false places steps + 1 points and drops t = 0, so the chain "
+        "steps from its lowest call straight to the clean sample, as diffusers' "
+        "DPMSolverMultistepScheduler does (needs steps < T; trailing never calls at t = 0 "
+        "unless steps = T)",
+    )
+    ddim_target: DdimTarget = setting(
+        "next",
+        "where each DDIM step lands: next, the chain's next call (Song et al. 2021); stride, "
+        "t - T // steps, as diffusers' DDIMScheduler does, which is the same for leading "
+        "spacing but for linspace lands between calls, and for trailing when steps does not "
+        "divide T may end at t = 0 instead of the clean sample",
     )
     lower_order_final: bool = setting(
         True,
@@ -469,6 +485,12 @@ def _check_consistency(cfg: Config) -> None:
     s = cfg.sample
     if s.steps is not None and s.steps > d.T:
         raise ConfigError(f"sample.steps: {s.steps} exceeds diffusion.T ({d.T})")
+    dropped_zero = s.method != "ddpm" and not s.call_at_zero and s.spacing != "trailing"
+    if dropped_zero and (s.steps or d.T) >= d.T:
+        raise ConfigError(
+            f"sample.call_at_zero: false places sample.steps + 1 points among the T = {d.T} "
+            f"timesteps, so sample.steps must be under {d.T} (it is {s.steps or d.T})"
+        )
     if s.method == "ddpm" and s.steps not in (None, d.T):
         raise ConfigError(
             f"sample.steps: {s.steps} is only meaningful with sample.method ddim or dpmpp-* "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.config import Spacing, Variance
+from ddpm.config import DdimTarget, Spacing, Variance
 from ddpm.devices import autocast, select_device
 from ddpm.diffusion import GaussianDiffusion, Model, extract
 from ddpm.errors import PipelineError
@@ -148,14 +148,23 @@ def ddpm_sample(
     return _run_chain(list(range(diffusion.T - 1, -1, -1)), step, noise, record, progress, "ddpm")
 
 
-def chain_timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
+def chain_timesteps(
+    T: int, steps: int, spacing: Spacing = "linspace", call_at_zero: bool = True
+) -> list[int]:
     """The `steps` timesteps at which DDIM or DPM-Solver++ calls the network, descending (the
     chain then steps to x_0), placed as diffusers' DDIMScheduler places them (Lin et al. 2024,
     table 2): `linspace` rounds an even spread from T-1 to 0 (both included); `leading` takes
     the multiples of T // steps from 0 (so it never starts at T-1); `trailing` steps down from
-    T-1 in strides of T / steps, rounded (so it ends above 0 unless steps = T)."""
+    T-1 in strides of T / steps, rounded (so it ends above 0 unless steps = T).
+
+    Without `call_at_zero`, `linspace` and `leading` place steps + 1 points and drop t = 0, as
+    diffusers' DPMSolverMultistepScheduler does."""
     if not 1 <= steps <= T:
         raise ValueError(f"sampling steps must be in 1..{T}, got {steps}")
+    if not call_at_zero and spacing != "trailing":
+        if steps >= T:
+            raise ValueError(f"without a call at t = 0, steps must be under T = {T}")
+        return chain_timesteps(T, steps + 1, spacing)[:-1]
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, steps).round()
     elif spacing == "leading":
@@ -178,6 +187,8 @@ def ddim_sample(
     steps: int,
     eta: float = 0.0,
     spacing: Spacing = "linspace",
+    call_at_zero: bool = True,
+    target: DdimTarget = "next",
     device: torch.device | str = "cpu",
     clip_denoised: bool = True,
     record: Sequence[int] = (),
@@ -187,6 +198,8 @@ def ddim_sample(
 
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z, with
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); eta = 0 is deterministic.
+    Each step lands on the chain's next timestep (`target="next"`, the paper's sub-sequence) or
+    on t - T // steps (`"stride"`, diffusers' DDIMScheduler); a step below t = 0 gives x_0.
     """
     device = torch.device(device)
     noise = SampleNoise(seed, indices, shape, device)
@@ -196,6 +209,8 @@ def ddim_sample(
         t_vec = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         eps, x0 = diffusion.model_predictions(model, x, t_vec, clip_denoised)
         ab_t = extract(ab, t_vec, x)
+        if target == "stride":
+            t_prev = t - diffusion.T // steps
         if t_prev < 0:
             return x0
         ab_prev = extract(ab, torch.full_like(t_vec, t_prev), x)
@@ -205,7 +220,9 @@ def ddim_sample(
             x_prev = x_prev + sigma * noise()
         return x_prev
 
-    timesteps = chain_timesteps(diffusion.T, steps, spacing)
+    if target not in ("next", "stride"):
+        raise ValueError(f"unknown DDIM target {target!r}; choose next or stride")
+    timesteps = chain_timesteps(diffusion.T, steps, spacing, call_at_zero)
     return _run_chain(timesteps, step, noise, record, progress, "ddim")
 
 
@@ -220,6 +237,7 @@ def dpm_solver_sample(
     steps: int,
     order: int = 2,
     spacing: Spacing = "linspace",
+    call_at_zero: bool = True,
     lower_order_final: bool = True,
     device: torch.device | str = "cpu",
     clip_denoised: bool = True,
@@ -243,7 +261,7 @@ def dpm_solver_sample(
         raise ValueError(f"DPM-Solver++ order must be 2 or 3, got {order}")
     device = torch.device(device)
     noise = SampleNoise(seed, indices, shape, device)
-    timesteps = chain_timesteps(diffusion.T, steps, spacing)
+    timesteps = chain_timesteps(diffusion.T, steps, spacing, call_at_zero)
     ab = diffusion.alphas_cumprod.to(device)
     alpha, sigma = ab.sqrt(), (1.0 - ab).sqrt()
     lam = alpha.log() - sigma.log()
@@ -329,13 +347,15 @@ def run_chain(
         common = {
             "steps": sc.steps or nets.diffusion.T,
             "spacing": sc.spacing,
+            "call_at_zero": sc.call_at_zero,
             "device": device,
             "clip_denoised": sc.clip_denoised,
             "record": record,
         }
         if sc.method == "ddim":
             net, diffusion = nets.net, nets.diffusion
-            return ddim_sample(net, diffusion, sc.seed, indices, shape, eta=sc.eta, **common)
+            extra = {"eta": sc.eta, "target": sc.ddim_target}
+            return ddim_sample(net, diffusion, sc.seed, indices, shape, **extra, **common)
         order = {"dpmpp-2m": 2, "dpmpp-3m": 3}[sc.method]
         return dpm_solver_sample(
             nets.net,
@@ -396,7 +416,10 @@ def generate(
     steps = sc.steps or T
     # Trajectory: evenly spaced timesteps of the chain that this sampler visits.
     ddpm = sc.method == "ddpm"
-    visited = list(range(T - 1, -1, -1)) if ddpm else chain_timesteps(T, steps, sc.spacing)
+    if ddpm:
+        visited = list(range(T - 1, -1, -1))
+    else:
+        visited = chain_timesteps(T, steps, sc.spacing, sc.call_at_zero)
     picks = np.unique(np.linspace(0, len(visited) - 1, sc.trajectory_points - 1).round())
     record = [visited[int(i)] for i in picks]
 
@@ -427,6 +450,8 @@ def generate(
         "nfe_per_image": nfe,
         "eta": sc.eta if sc.method == "ddim" else None,
         "spacing": None if ddpm else sc.spacing,
+        "call_at_zero": None if ddpm else sc.call_at_zero,
+        "ddim_target": sc.ddim_target if sc.method == "ddim" else None,
         "variance": sc.variance if ddpm else None,
         "num_images": sc.num_images,
         "seed": sc.seed,

@@ -40,6 +40,9 @@ def test_defaults_load_and_real_configs_validate():
         ({"grid": {"nonsense": [1, 2]}}, "nonsense"),
         ({"grid": {"steps": [1, 2]}}, "steps"),  # ambiguous: train.steps or sample.steps
         ({"sample": {"method": "ddim", "steps": 2000}}, "sample.steps"),
+        ({"sample": {"method": "ddim", "call_at_zero": False}}, "sample.call_at_zero"),
+        ({"sample": {"method": "dpmpp-2m", "spacing": "uniform"}}, "sample.spacing"),
+        ({"sample": {"method": "ddim", "ddim_target": "prev"}}, "sample.ddim_target"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):

@@ -18,6 +18,10 @@ from ddpm.sampling import (
 from ddpm.schedules import make_betas
 from ddpm.unet import UNet
 
+PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+# diffusers' set_timesteps passes a torch tensor to np.array, which NumPy 2 warns about
+THEIR_NUMPY_WARNING = "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning"
+
 
 def oracle_for(diffusion: GaussianDiffusion, x0: torch.Tensor):
     """A 'network' that returns the exact noise of x_t given that the data is x0."""
@@ -83,7 +87,8 @@ def test_trajectory_records_requested_steps():
     torch.testing.assert_close(out.trajectory[-1][1], out.images)
 
 
-def test_chain_timesteps_are_diffusers_ddim_spacings():
+@pytest.mark.filterwarnings(THEIR_NUMPY_WARNING)
+def test_chain_timesteps_are_diffusers_spacings():
     assert chain_timesteps(1000, 1000) == list(range(999, -1, -1))
     ts = chain_timesteps(1000, 50)
     assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
@@ -94,8 +99,18 @@ def test_chain_timesteps_are_diffusers_ddim_spacings():
             ours = chain_timesteps(T, steps, spacing)
             assert ours == theirs.timesteps.tolist(), (spacing, T, steps)
             assert len(ours) == steps
+            if steps < T:  # without a call at t = 0: diffusers' DPM-Solver placement
+                theirs = DPMSolverMultistepScheduler(
+                    num_train_timesteps=T, timestep_spacing=spacing
+                )
+                theirs.set_timesteps(steps)
+                ours = chain_timesteps(T, steps, spacing, call_at_zero=False)
+                assert ours == theirs.timesteps.tolist(), (spacing, T, steps)
+                assert len(ours) == steps and 0 not in ours
     with pytest.raises(ValueError, match="spacing"):
         chain_timesteps(10, 5, "uniform")
+    with pytest.raises(ValueError, match="under T = 10"):
+        chain_timesteps(10, 10, "linspace", call_at_zero=False)
 
 
 # -- the same chains as diffusers' schedulers --------------------------------------------------
@@ -106,10 +121,6 @@ def test_chain_timesteps_are_diffusers_ddim_spacings():
 # still rounds x_t to float32, as ours does (images are float32), so the chains agree to float32
 # precision: 2e-5 over up to 20 steps, where a different order, step or coefficient anywhere
 # differs by 1e-3 or more.
-
-PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-# diffusers' set_timesteps passes a torch tensor to np.array, which NumPy 2 warns about
-THEIR_NUMPY_WARNING = "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning"
 
 
 def stand_in(x, t_in):
@@ -124,11 +135,11 @@ def _float64_schedule(scheduler, diffusion):
         scheduler.lambda_t = scheduler.alpha_t.log() - scheduler.sigma_t.log()
 
 
-def _their_chain(scheduler, diffusion, x, timesteps):
+def _their_chain(scheduler, diffusion, x, timesteps, **step_kwargs):
     for t in timesteps:
         t_vec = torch.full((x.shape[0],), int(t), dtype=torch.long)
         out = stand_in(x, diffusion.scale_timesteps(t_vec))
-        x = scheduler.step(out, int(t), x).prev_sample
+        x = scheduler.step(out, int(t), x, **step_kwargs).prev_sample
     return x
 
 
@@ -136,25 +147,24 @@ def _their_chain(scheduler, diffusion, x, timesteps):
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize(("order", "steps"), [(2, 8), (2, 20), (3, 8), (3, 20)])
-def test_dpm_solver_equals_diffusers_on_whole_chains(objective, spacing, order, steps):
+@pytest.mark.parametrize(("call_at_zero", "clip"), [(True, False), (False, False), (False, True)])
+def test_dpm_solver_equals_diffusers_on_whole_chains(
+    objective, spacing, order, steps, call_at_zero, clip
+):
     """Orders 2 and 3, below 15 steps (lower-order final steps) and above, each spacing and
-    objective; diffusers is given our timesteps, since its DPM-Solver scheduler places its own
-    `linspace` and `leading` points on a grid of steps + 1 (see `chain_timesteps`)."""
+    objective. With a call at t = 0 (our default), diffusers is given our timesteps; without it,
+    diffusers places its own (steps + 1 points less t = 0) and they are ours. Clipping x_0 to
+    [-1, 1] is diffusers' dynamic thresholding with a maximum of 1."""
     T, shape = 200, (3, 8, 8)
     # not cosine: its alpha_T of 1e-4 makes eps -> x_0 multiply float32 rounding by 1e4
     d = GaussianDiffusion(make_betas("linear", T), objective=objective)
-    ours = dpm_solver_sample(
-        stand_in,
-        d,
-        3,
-        range(2),
-        shape,
-        steps=steps,
-        order=order,
-        spacing=spacing,
-        clip_denoised=False,
-    ).images
-    ts = chain_timesteps(T, steps, spacing)
+
+    def ours(**kwargs):
+        settings = {"steps": steps, "spacing": spacing, "call_at_zero": call_at_zero, **kwargs}
+        return dpm_solver_sample(stand_in, d, 3, range(2), shape, **settings).images
+
+    mine = ours(order=order, clip_denoised=clip)
+    ts = chain_timesteps(T, steps, spacing, call_at_zero)
     theirs = DPMSolverMultistepScheduler(
         num_train_timesteps=T,
         trained_betas=d.betas.numpy(),
@@ -164,41 +174,63 @@ def test_dpm_solver_equals_diffusers_on_whole_chains(objective, spacing, order, 
         solver_type="midpoint",
         lower_order_final=True,
         final_sigmas_type="zero",
+        timestep_spacing=spacing,
+        thresholding=clip,
+        sample_max_value=1.0,
     )
     _float64_schedule(theirs, d)
-    theirs.set_timesteps(timesteps=ts)
+    if call_at_zero:
+        theirs.set_timesteps(timesteps=ts)
+    else:
+        theirs.set_timesteps(steps)
+        assert theirs.timesteps.tolist() == ts
     ab = d.alphas_cumprod[ts]
     theirs.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=ab.dtype)])
     x_T = SampleNoise(3, range(2), shape, torch.device("cpu"))()
     expected = _their_chain(theirs, d, x_T, ts)
-    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=2e-5)
-    first_order = ddim_sample(
-        stand_in, d, 3, range(2), shape, steps=steps, spacing=spacing, clip_denoised=False
-    ).images
-    assert (ours - first_order).abs().max() > 1e-3, "a higher order changes the result"
+    torch.testing.assert_close(mine, expected, atol=2e-5, rtol=2e-5)
+    # each setting changes the chain: a test that ignored one would fail above
+    assert (mine - ours(order=5 - order, clip_denoised=clip)).abs().max() > 1e-3
+    assert (mine - ours(order=order, clip_denoised=not clip)).abs().max() > 1e-3
+    other = ours(order=order, clip_denoised=clip, call_at_zero=not call_at_zero)
+    assert (mine - other).abs().max() > 1e-3 or spacing == "trailing"
 
 
 @pytest.mark.filterwarnings(THEIR_NUMPY_WARNING)
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize(
-    ("spacing", "T", "steps"),
-    [("leading", 200, 8), ("leading", 350, 20), ("trailing", 200, 8), ("linspace", 12, 12)],
+    ("spacing", "T", "steps", "target"),
+    [
+        ("leading", 200, 8, "next"),
+        ("leading", 350, 20, "next"),
+        ("trailing", 200, 8, "next"),
+        ("linspace", 12, 12, "next"),
+        ("linspace", 200, 8, "stride"),
+        ("linspace", 350, 20, "stride"),
+        ("trailing", 200, 7, "stride"),
+    ],
 )
-def test_ddim_equals_diffusers_on_whole_chains(objective, spacing, T, steps):
-    """diffusers' DDIM steps from t to t - T // steps, which is the next timestep of the chain
-    for `leading`, for `trailing` when steps divides T, and for `linspace` only when steps = T;
-    otherwise its `linspace` chain steps to timesteps it never calls the network at. We follow
-    the paper (each step goes to the next timestep of the sub-sequence) in every case."""
+def test_ddim_equals_diffusers_on_whole_chains(objective, clip, spacing, T, steps, target):
+    """diffusers' DDIM steps from t to t - T // steps (`target="stride"`). That is the chain's
+    next timestep (our default, the paper's) for `leading`, for `trailing` when steps divides T,
+    and for `linspace` only when steps = T: otherwise its `linspace` chain lands on timesteps it
+    never calls the network at, and its `trailing` chain at 7 of 200 steps ends at t = 0, one
+    step short of the clean sample. Clipping x_0 is diffusers' `clip_sample` with eps re-derived
+    from the clipped x_0 (`use_clipped_model_output`, as GLIDE and improved-diffusion do)."""
     shape = (3, 8, 8)
     d = GaussianDiffusion(make_betas("linear", T), objective=objective)
-    ours = ddim_sample(
-        stand_in, d, 5, range(2), shape, steps=steps, spacing=spacing, clip_denoised=False
-    ).images
+
+    def ours(target):
+        settings = {"steps": steps, "spacing": spacing, "clip_denoised": clip}
+        return ddim_sample(stand_in, d, 5, range(2), shape, target=target, **settings).images
+
+    mine = ours(target)
     theirs = DDIMScheduler(
         num_train_timesteps=T,
         trained_betas=d.betas.numpy(),
         prediction_type=PREDICTION[objective],
-        clip_sample=False,
+        clip_sample=clip,
         set_alpha_to_one=True,
         timestep_spacing=spacing,
     )
@@ -206,8 +238,10 @@ def test_ddim_equals_diffusers_on_whole_chains(objective, spacing, T, steps):
     theirs.set_timesteps(steps)
     assert theirs.timesteps.tolist() == chain_timesteps(T, steps, spacing)
     x_T = SampleNoise(5, range(2), shape, torch.device("cpu"))()
-    expected = _their_chain(theirs, d, x_T, theirs.timesteps)
-    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=2e-5)
+    expected = _their_chain(theirs, d, x_T, theirs.timesteps, use_clipped_model_output=True)
+    torch.testing.assert_close(mine, expected, atol=2e-5, rtol=2e-5)
+    if target == "stride":  # only these cases tell the two targets apart
+        assert (mine - ours("next")).abs().max() > 1e-3
 
 
 def test_to_uint8_clamps_instead_of_wrapping():
