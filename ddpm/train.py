@@ -290,6 +290,215 @@ class TrainLoop:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
 
+class TrainingRun:
+    """One network's training in its folder: resume or set aside, the loop, and what it writes
+    on the way (log rows, previews, snapshots, checkpoints) and at the end (final.pt, the
+    snapshot index, the summary). The steps themselves are `TrainLoop`'s."""
+
+    def __init__(self, loop: TrainLoop, network_id: str, files: NetworkFiles, identity: dict):
+        self.loop, self.network_id, self.files, self.identity = loop, network_id, files, identity
+        self.tc = loop.cfg.train
+        self.steps = total_steps(loop.cfg, loop.data.shape[0])
+        self.start, self.elapsed_before = 0, 0.0
+        self.step = 0
+        self.t0 = time.perf_counter()
+        self.window_start, self.window_step = self.t0, 0
+
+    # -- before the loop
+
+    def resume(self, restart_if_changed: bool) -> None:
+        """Continue from checkpoint.pt when it belongs to this identity; refuse when it does
+        not, or with `restart_if_changed` set it aside and start from scratch."""
+        files = self.files
+        state = read_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+        if state is not None:
+            reasons = stale_reasons(state, self.identity, self.steps)
+            if reasons and not restart_if_changed:
+                raise TrainingError(
+                    f"{files.checkpoint} belongs to another training ({'; '.join(reasons)}). "
+                    "Restore those settings to resume it, or pass --restart-if-changed to set it "
+                    f"aside (as {files.stale_checkpoint.name}) and train this run from scratch."
+                )
+            if reasons:
+                os.replace(files.checkpoint, files.stale_checkpoint)
+                print(
+                    f"{files.checkpoint}: {'; '.join(reasons)}; set aside as "
+                    f"{files.stale_checkpoint}, training from scratch",
+                    flush=True,
+                )
+                state = None
+        if state is not None:
+            self.loop.load_state_dict(state)
+            self.start, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            print(
+                f"resuming {self.network_id} from step {self.start} ({files.checkpoint})",
+                flush=True,
+            )
+        else:  # snapshots of an earlier training of this folder would pass for this one's
+            for old in files.snapshots.glob("step_*.pt"):
+                old.unlink()
+        self.step = self.window_step = self.start
+        atomic_write_bytes(files.log, log_text(self.loop.log.rows).encode())
+        # A run that ended on a snapshot's step wrote final.pt there instead; asked for more
+        # steps, it makes that snapshot from the weights it resumes with.
+        every, start = self.tc.snapshot_every, self.start
+        on_snapshot = start and every and start % every == 0 and start < self.steps
+        if on_snapshot and not files.snapshot(start).exists():
+            self.save_weights(files.snapshot(start))
+
+    # -- the loop
+
+    def run_loop(self, progress: bool) -> str:
+        """Steps until the last one or train.max_minutes; returns what stopped it. SIGTERM and
+        SIGINT write a checkpoint and raise `Interrupted`."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.steps,
+            initial=self.start,
+            desc=self.network_id,
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        self.live = LiveView(self.files.live, self.start)
+        self.t0 = self.window_start = time.perf_counter()
+        # The bar is closed however the loop ends, so an error message starts on its own line.
+        with (
+            bar,
+            closing(self.live),
+            _StopFlag() as stop,
+            open(self.files.log, "a", newline="") as log,
+        ):
+            self.writer, self.log_file, self.bar = csv.DictWriter(log, LOG_FIELDS), log, bar
+            while self.step < self.steps:
+                self.loop.run_step(self.step)
+                self.step += 1
+                bar.update(1)
+                if self.after_step(stop.signal):
+                    return "max_minutes"
+        return "steps"
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def after_step(self, signum: int | None) -> bool:
+        """What is due after a step: the loss check, the log row, the preview, the snapshot,
+        the checkpoint; then an interrupt raises. True when train.max_minutes is up."""
+        step, tc, elapsed = self.step, self.tc, self.elapsed()
+        out_of_time = tc.max_minutes is not None and elapsed >= tc.max_minutes * 60
+        last = step == self.steps or out_of_time
+        want_row = step % tc.log_every == 0 or last
+        want_ckpt = step % tc.checkpoint_every == 0 or last or signum is not None
+        if want_row or want_ckpt:
+            self.check_losses()
+        if want_row:
+            self.write_row(elapsed)
+        previewing = bool(tc.preview_every) and step % tc.preview_every == 0
+        if previewing:
+            self.live.preview(step, self.preview())
+        snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0
+        if snapshotting and step < self.steps:  # the last step's weights are final.pt
+            self.save_weights(self.files.snapshot(step))
+        if want_ckpt:
+            self.save_checkpoint(elapsed)
+        if want_ckpt or previewing or snapshotting:
+            self.window_start = time.perf_counter()  # images/s measures training alone
+        if signum is not None:
+            raise Interrupted(
+                f"{self.network_id}: {signal.Signals(signum).name} at step {step}; checkpoint "
+                f"written to {self.files.checkpoint}. Run the same command again to resume.",
+                signum,
+            )
+        return out_of_time
+
+    def check_losses(self) -> None:
+        """Sync point: the losses since the last one must be finite."""
+        bad = self.loop.log.sync(self.step)
+        if bad is not None:
+            raise TrainingError(
+                f"{self.network_id}: the loss became non-finite at step {bad}; stopped. The last "
+                f"good checkpoint ({self.files.checkpoint}) is kept. Lower train.lr, or use "
+                "train.precision: bf16 or fp32."
+            )
+
+    def write_row(self, elapsed: float) -> None:
+        """A row of train_log.csv, with images/s over the training since the last row."""
+        now, step = time.perf_counter(), self.step
+        ips = (step - self.window_step) * self.tc.batch_size / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_step = now, step
+        lr = get_lr(self.loop.cfg, step - 1)
+        row = self.loop.log.row(step, lr, float(self.loop.grad_norm), ips, elapsed)
+        self.writer.writerow(row)
+        self.log_file.flush()
+        self.live.row(row)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
+
+    def preview(self) -> np.ndarray:
+        """16 DDIM samples of the EMA weights from fixed noise (seed train.seed + 1)."""
+        loop = self.loop
+        return _preview(
+            loop.ema.model,
+            loop.diffusion,
+            loop.cfg,
+            loop.device,
+            loop.data.shape[-1],
+            self.files.preview(self.step),
+            self.tc.seed + 1,
+        )
+
+    def save_checkpoint(self, elapsed: float) -> None:
+        meta = {"step": self.step, "elapsed_s": elapsed, "network": self.network_id}
+        state = {**self.identity, **meta, "version": __version__, **self.loop.state_dict()}
+        save_torch(self.files.checkpoint, state)
+
+    def save_weights(self, path: Path) -> None:
+        """The EMA weights at this step and what sampling needs to know of them (final.pt's
+        format)."""
+        step, loop = self.step, self.loop
+        record = {"network": self.network_id, "step": step, "image_size": loop.data.shape[-1]}
+        state = {**self.identity, **record, "version": __version__}
+        weights = {"ema": loop.ema.model.state_dict(), "images_seen": step * self.tc.batch_size}
+        save_torch(path, {**state, **weights})
+
+    # -- after the loop
+
+    def finish(self, stopped_by: str) -> dict:
+        """final.pt, the snapshot index and the summary; returns the summary."""
+        loop, tc, step = self.loop, self.tc, self.step
+        self.save_weights(self.files.final)
+        _write_snapshot_index(self.files, self.network_id, tc.snapshot_every, step, tc.batch_size)
+        rows = loop.log.rows
+        measured = rows[1:] or rows  # the first window includes start-up costs
+        n_images, device = loop.data.shape[0], loop.device
+        summary = {
+            "network": self.network_id,
+            "steps": step,
+            "target_steps": self.steps,
+            "stopped_by": stopped_by,
+            "images_seen": step * tc.batch_size,
+            "epochs": step * tc.batch_size / n_images,
+            "wall_time_s": self.elapsed(),
+            "images_per_s": sum(r["images_per_s"] for r in measured) / len(measured)
+            if measured
+            else None,
+            "compiled": loop.nets.compiled,
+            "compile_s": loop.nets.compile_s,
+            "compile_error": loop.nets.compile_error,
+            "parameters": count_parameters(loop.model),
+            "device": _device_name(device),
+            "precision": tc.precision if device.type == "cuda" else "fp32",
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(device)
+            if device.type == "cuda"
+            else None,
+            "dataset_sha256": self.identity["dataset_sha256"],
+            "dataset_count": n_images,
+            "final_loss": _smoothed_final_loss(rows),
+        }
+        atomic_write_json(self.files.summary, summary)
+        return summary
+
+
 def train(
     cfg: Config,
     network_id: str,
@@ -307,179 +516,17 @@ def train(
     with `restart_if_changed` sets it aside as `checkpoint.stale.pt` and starts from scratch.
     Returns the training summary.
     """
-    from tqdm.auto import tqdm
-
     out_dir = check_output_dir(out_dir)
-    tc = cfg.train
-    device = select_device(tc.device, exclusive=True)
+    device = select_device(cfg.train.device, exclusive=True)
     configure_cuda(device)
     data, manifest = load_dataset(data_path, device)
-    n_images, size = data.shape[0], data.shape[-1]
-    steps = total_steps(cfg, n_images)
-    identity = {
-        "settings": identity["settings"],
-        "code": identity["code"],
-        "dataset_sha256": manifest["sha256"],
+    identity = {k: identity[k] for k in ("settings", "code")} | {
+        "dataset_sha256": manifest["sha256"]
     }
-
-    # 1. The network, its diffusion and everything a step changes.
-    loop = TrainLoop(cfg, data, device)
-
-    # 2. Resume, or set a checkpoint of another identity aside.
-    files = NetworkFiles(out_dir)
-    ckpt_path, log_path = files.checkpoint, files.log
-    start, elapsed_before = 0, 0.0
-    state = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if state is not None:
-        reasons = stale_reasons(state, identity, steps)
-        if reasons and not restart_if_changed:
-            raise TrainingError(
-                f"{ckpt_path} belongs to another training ({'; '.join(reasons)}). Restore "
-                "those settings to resume it, or pass --restart-if-changed to set it aside (as "
-                f"{files.stale_checkpoint.name}) and train this run from scratch."
-            )
-        if reasons:
-            os.replace(ckpt_path, files.stale_checkpoint)
-            print(
-                f"{ckpt_path}: {'; '.join(reasons)}; set aside as {files.stale_checkpoint}, "
-                "training from scratch",
-                flush=True,
-            )
-            state = None
-    if state is not None:
-        loop.load_state_dict(state)
-        start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        print(f"resuming {network_id} from step {start} ({ckpt_path})", flush=True)
-    else:  # snapshots of an earlier training of this folder would pass for this one's
-        for old in files.snapshots.glob("step_*.pt"):
-            old.unlink()
-    atomic_write_bytes(log_path, log_text(loop.log.rows).encode())
-
-    def save_checkpoint(step: int, elapsed: float) -> None:
-        meta = {"step": step, "elapsed_s": elapsed, "network": network_id, "version": __version__}
-        save_torch(ckpt_path, {**identity, **meta, **loop.state_dict()})
-
-    def save_weights(path: Path, step: int) -> None:
-        """The EMA weights and what sampling needs to know of them: final.pt's format."""
-        record = {"network": network_id, "step": step, "image_size": size}
-        state = {**identity, **record, "version": __version__, "ema": loop.ema.model.state_dict()}
-        save_torch(path, {**state, "images_seen": step * tc.batch_size})
-
-    # A run that ended on a snapshot's step wrote final.pt there instead; asked for more steps,
-    # it makes that snapshot from the weights it resumes with.
-    on_snapshot = start and tc.snapshot_every and start % tc.snapshot_every == 0
-    if on_snapshot and start < steps and not files.snapshot(start).exists():
-        save_weights(files.snapshot(start), start)
-
-    # 3. The loop: a step, then what is due after it (log row, preview, checkpoint, stop).
-    preview_noise_seed = tc.seed + 1
-    t0 = time.perf_counter()
-    window_start, window_step = t0, start
-    stopped_by = "steps"
-    bar = tqdm(
-        total=steps,
-        initial=start,
-        desc=network_id,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    live = LiveView(files.live, start)
-    # The bar is closed however the loop ends, so an error message starts on its own line.
-    with bar, closing(live), _StopFlag() as stop, open(log_path, "a", newline="") as log_file:
-        writer = csv.DictWriter(log_file, LOG_FIELDS)
-        step = start
-        while step < steps:
-            loop.run_step(step)
-            step += 1
-            bar.update(1)
-
-            elapsed = elapsed_before + time.perf_counter() - t0
-            out_of_time = tc.max_minutes is not None and elapsed >= tc.max_minutes * 60
-            interrupted = stop.signal is not None
-            last = step == steps or out_of_time
-            want_row = step % tc.log_every == 0 or last
-            want_ckpt = step % tc.checkpoint_every == 0 or last or interrupted
-            if want_row or want_ckpt:
-                # Sync point: check the losses since the last one.
-                bad = loop.log.sync(step)
-                if bad is not None:
-                    raise TrainingError(
-                        f"{network_id}: the loss became non-finite at step {bad}; stopped. The "
-                        f"last good checkpoint ({ckpt_path}) is kept. Lower train.lr, or use "
-                        "train.precision: bf16 or fp32."
-                    )
-            if want_row:
-                now = time.perf_counter()
-                ips = (step - window_step) * tc.batch_size / max(now - window_start, 1e-9)
-                window_start, window_step = now, step
-                lr = get_lr(cfg, step - 1)
-                row = loop.log.row(step, lr, float(loop.grad_norm), ips, elapsed)
-                writer.writerow(row)
-                log_file.flush()
-                live.row(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
-            previewing = bool(tc.preview_every) and step % tc.preview_every == 0
-            if previewing:
-                canvas = _preview(
-                    loop.ema.model,
-                    loop.diffusion,
-                    cfg,
-                    device,
-                    size,
-                    files.preview(step),
-                    preview_noise_seed,
-                )
-                live.preview(step, canvas)
-            snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0
-            if snapshotting and step < steps:  # the last step's weights are final.pt
-                save_weights(files.snapshot(step), step)
-            if want_ckpt:
-                save_checkpoint(step, elapsed)
-            if want_ckpt or previewing or snapshotting:
-                window_start = time.perf_counter()  # images/s measures training alone
-            if interrupted:
-                name = signal.Signals(stop.signal).name
-                raise Interrupted(
-                    f"{network_id}: {name} at step {step}; checkpoint written to {ckpt_path}. "
-                    f"Run the same command again to resume.",
-                    stop.signal,
-                )
-            if out_of_time:
-                stopped_by = "max_minutes"
-                break
-
-    # 4. What sampling needs, the snapshots made on the way, and the summary.
-    save_weights(files.final, step)
-    _write_snapshot_index(files, network_id, tc.snapshot_every, step, tc.batch_size)
-    rows = loop.log.rows
-    measured = rows[1:] or rows  # the first window includes start-up costs
-    summary = {
-        "network": network_id,
-        "steps": step,
-        "target_steps": steps,
-        "stopped_by": stopped_by,
-        "images_seen": step * tc.batch_size,
-        "epochs": step * tc.batch_size / n_images,
-        "wall_time_s": elapsed_before + time.perf_counter() - t0,
-        "images_per_s": sum(r["images_per_s"] for r in measured) / len(measured)
-        if measured
-        else None,
-        "compiled": loop.nets.compiled,
-        "compile_s": loop.nets.compile_s,
-        "compile_error": loop.nets.compile_error,
-        "parameters": count_parameters(loop.model),
-        "device": _device_name(device),
-        "precision": tc.precision if device.type == "cuda" else "fp32",
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(device)
-        if device.type == "cuda"
-        else None,
-        "dataset_sha256": manifest["sha256"],
-        "dataset_count": n_images,
-        "final_loss": _smoothed_final_loss(rows),
-    }
-    atomic_write_json(files.summary, summary)
-    return summary
+    run = TrainingRun(TrainLoop(cfg, data, device), network_id, NetworkFiles(out_dir), identity)
+    run.resume(restart_if_changed)
+    stopped_by = run.run_loop(progress)
+    return run.finish(stopped_by)
 
 
 @torch.no_grad()
