@@ -137,10 +137,16 @@ def cmd_preprocess(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from ddpm.distributed import Ranks, launch_training
     from ddpm.train import train
 
     cfg, document = _job(args, "train")
     network = document["instance"] or "default"
+    if cfg.train.gpus > 1 and not Ranks.from_env().parallel:
+        # This process claims the GPUs and starts one process per GPU, each running this
+        # same command (which then takes the branch below).
+        launch_training(args.argv, cfg.train)
+        return
     summary = train(
         cfg,
         network,
@@ -149,6 +155,8 @@ def cmd_train(args) -> None:
         identity=document,
         restart_if_changed=args.restart_if_changed,
     )
+    if not Ranks.from_env().main:
+        return
     loss = summary["final_loss"]
     print(
         f"{network}: {summary['steps']} steps, {summary['images_per_s'] or 0:.0f} images/s, "
@@ -526,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm.files import describe_os_error
 
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # what a launcher starts again
     with _progress_as_lines():
         try:
             COMMANDS[args.command].run(args)

@@ -166,6 +166,13 @@ class TrainConfig:
         "auto", "torch.compile the network; auto = on CUDA only", effect="resumable"
     )
     batch_size: int = setting(128, "images per optimiser step", ge=1)
+    gpus: int = setting(
+        1,
+        "processes that train the network together, one per GPU (on the CPU when there is no "
+        "GPU), each on train.batch_size / gpus of every batch; the same experiment as one",
+        ge=1,
+        effect="resumable",
+    )
     lr: float = setting(2.0e-4, "peak AdamW learning rate", gt=0.0, lt=1.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0.0)
     warmup_steps: int = setting(1000, "linear learning-rate warmup", ge=0)
@@ -500,6 +507,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             "evaluate.inception_source: 'synthetic' features only describe the synthetic "
             f"flowers, not data.source '{cfg.data.source}'; use 'download' (the real Inception)"
+        )
+    if cfg.train.batch_size % cfg.train.gpus:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} images cannot be split evenly among "
+            f"train.gpus = {cfg.train.gpus} processes; make it a multiple of {cfg.train.gpus}"
         )
     if cfg.data.source == "folder" and not cfg.data.folder:
         raise ConfigError("data.folder: must name a directory when data.source is 'folder'")

@@ -34,13 +34,25 @@ def gpu_identities() -> list[str]:
 
 
 def claim_gpu(identities: list[str], poll_s: float = 5.0) -> int:
-    """Claim one of the GPUs named by `identities` that no other ddpm process on this machine
-    holds, waiting while all are busy; returns its index. The claim is an flock on
+    """Claim one of the GPUs named by `identities`; see `claim_gpus`."""
+    return claim_gpus(identities, 1, poll_s)[0]
+
+
+def claim_gpus(identities: list[str], count: int, poll_s: float = 5.0) -> list[int]:
+    """Claim `count` of the GPUs named by `identities` that no other ddpm process on this
+    machine holds, waiting while fewer are free; returns their indices. All or none: a job that
+    finds fewer free releases those it took before it waits, so two jobs that each need several
+    never wait on each other holding half. The claim is an flock on
     `lock_dir()/gpu-<identity>.lock`, which the OS releases when the process ends, so a crash
     never leaves a GPU claimed."""
+    if count > len(identities):
+        raise PipelineError(
+            f"{count} GPUs were asked for (train.gpus) but this machine shows {len(identities)}"
+        )
     lock_dir().mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
+        taken: list[tuple[int, object]] = []
         for index, identity in enumerate(identities):
             name = re.sub(r"[^A-Za-z0-9.-]", "_", identity)
             f = open(lock_dir() / f"gpu-{name}.lock", "a+")  # noqa: SIM115 - held open
@@ -49,24 +61,44 @@ def claim_gpu(identities: list[str], poll_s: float = 5.0) -> int:
             except BlockingIOError:
                 f.close()
                 continue
-            _held_locks.append(f)
-            return index
+            taken.append((index, f))
+            if len(taken) == count:
+                _held_locks.extend(f for _, f in taken)
+                return [index for index, _ in taken]
+        for _, f in taken:
+            f.close()  # releases its lock
         if not waited:
+            busy = len(identities) - len(taken)
             print(
-                f"all {len(identities)} GPUs are in use by other ddpm processes; waiting",
+                f"{busy} of {len(identities)} GPUs are in use by other ddpm processes and this "
+                f"job needs {count}; waiting",
                 flush=True,
             )
             waited = True
         time.sleep(poll_s)
 
 
-def select_device(preference: str, exclusive: bool = False) -> torch.device:
-    """`auto` -> CUDA when available, else CPU. With `exclusive`, claim a GPU of our own."""
+def wants_cuda(preference: str) -> bool:
+    """Whether `preference` (auto, cuda, cpu) means CUDA here; refuses cuda where there is none."""
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
+        return False
     if not torch.cuda.is_available():
         raise PipelineError("device 'cuda' was requested but CUDA is not available here")
-    index = claim_gpu(gpu_identities()) if exclusive else torch.cuda.current_device()
+    return True
+
+
+def select_device(
+    preference: str, exclusive: bool = False, local_rank: int | None = None
+) -> torch.device:
+    """`auto` -> CUDA when available, else CPU. With `exclusive`, claim a GPU of our own; a
+    process of a data-parallel training (`local_rank`) takes the GPU its launcher claimed."""
+    if not wants_cuda(preference):
+        return torch.device("cpu")
+    if local_rank is not None:
+        index = local_rank
+    else:
+        index = claim_gpu(gpu_identities()) if exclusive else torch.cuda.current_device()
+    torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
 

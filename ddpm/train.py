@@ -13,10 +13,12 @@ fingerprint and the dataset. Only the settings declared `resumable` may differ o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -28,6 +30,7 @@ from ddpm import __version__
 from ddpm.config import RESUMABLE, Config, diff_keys
 from ddpm.dataset import load_dataset
 from ddpm.devices import autocast, configure_cuda, select_device
+from ddpm.distributed import SINGLE, Ranks
 from ddpm.ema import EMA
 from ddpm.errors import PipelineError
 from ddpm.files import (
@@ -101,7 +104,8 @@ class LossLog:
     uninterrupted one: a row is written every `log_every` steps and at the last step, never at an
     interruption."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, ranks: Ranks = SINGLE):
+        self.ranks = ranks
         self.rows: list[dict] = []
         self.losses: list[float] = []  # checked for finiteness
         self._unchecked: list[torch.Tensor] = []  # on the device, not yet synchronised
@@ -109,16 +113,23 @@ class LossLog:
         self.quarter_count = torch.zeros(4, device=device, dtype=torch.float64)
 
     def add(self, loss: torch.Tensor, per_example: torch.Tensor, t: torch.Tensor, T: int) -> None:
+        """A step's mean loss and its per-example losses, of this process's share of the batch:
+        summed over the processes at once, so every process holds the whole batch's numbers."""
         quarter = (t * 4 // T).clamp(max=3)
-        self.quarter_sum.index_add_(0, quarter, per_example.detach().double())
-        self.quarter_count.index_add_(0, quarter, torch.ones_like(quarter, dtype=torch.float64))
-        self._unchecked.append(loss.detach())
+        step = torch.zeros(9, device=loss.device, dtype=torch.float64)
+        step[0] = loss.detach().double()
+        step[1:5].index_add_(0, quarter, per_example.detach().double())
+        step[5:].index_add_(0, quarter, torch.ones_like(quarter, dtype=torch.float64))
+        self.ranks.sum_(step)
+        self.quarter_sum += step[1:5]
+        self.quarter_count += step[5:]
+        self._unchecked.append(step[0] / self.ranks.world)  # equal shares: the batch's mean
 
     def sync(self, step: int) -> int | None:
         """Bring the pending losses to the host; the step of the first non-finite one, if any."""
         if not self._unchecked:
             return None
-        new = torch.stack(self._unchecked).float().cpu().tolist()
+        new = torch.stack(self._unchecked).cpu().tolist()
         self._unchecked.clear()
         first = step - len(new) + 1
         for i, value in enumerate(new):
@@ -196,9 +207,10 @@ class TrainLoop:
         device: torch.device,
         memory_format: torch.memory_format = MEMORY_FORMAT,
         compile_backend: str = "inductor",
+        ranks: Ranks = SINGLE,
     ):
         tc = cfg.train
-        self.cfg, self.data, self.device = cfg, data, device
+        self.cfg, self.data, self.device, self.ranks = cfg, data, device, ranks
         # Another layout or compiler backend than the defaults: for benchmarks.
         self.memory_format = memory_format
         torch.manual_seed(tc.seed)  # the network's initial weights and dropout
@@ -206,7 +218,7 @@ class TrainLoop:
         if wants_compile(tc.compile, device):
             nets = compile_(
                 nets,
-                tc.batch_size,
+                tc.batch_size // ranks.world,
                 tc.precision,
                 train=True,
                 memory_format=memory_format,
@@ -214,6 +226,9 @@ class TrainLoop:
             )
         self.nets = nets
         self.model, self.diffusion = nets.model, nets.diffusion
+        # What a step runs: the network (compiled or not), under DistributedDataParallel when
+        # several processes train it (compiled first, as torch's documentation advises).
+        self.net = ranks.wrap(nets.net, device)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
@@ -225,7 +240,7 @@ class TrainLoop:
             device.type, enabled=device.type == "cuda" and tc.precision == "fp16"
         )
         self.gen = torch.Generator(device).manual_seed(tc.seed)
-        self.log = LossLog(device)
+        self.log = LossLog(device, ranks)
         self.grad_norm = torch.zeros((), device=device)
 
     def get_batch(self) -> torch.Tensor:
@@ -241,14 +256,20 @@ class TrainLoop:
         return x.contiguous(memory_format=self.memory_format)
 
     def run_step(self, step: int) -> None:
-        """Optimiser step `step` (0-based): batch, loss, backward, clipping, AdamW, EMA."""
+        """Optimiser step `step` (0-based): batch, loss, backward, clipping, AdamW, EMA.
+
+        The whole batch's images, timesteps and noise are drawn in every process, each of which
+        keeps its share: the numbers are the single-process run's, whatever the processes."""
         tc = self.cfg.train
         for group in self.opt.param_groups:
             group["lr"] = get_lr(self.cfg, step)
         self.model.train()
         x = self.get_batch()
+        t = torch.randint(0, self.diffusion.T, (len(x),), device=self.device, generator=self.gen)
+        noise = torch.randn(x.shape, device=self.device, dtype=x.dtype, generator=self.gen)
+        x, t, noise = (self.ranks.shard(v) for v in (x, t, noise))
         with autocast(self.device, tc.precision):
-            out = self.diffusion.training_loss(self.nets.net, x, generator=self.gen)
+            out = self.diffusion.training_loss(self.net, x, t, noise)
         loss = out["loss"].mean()
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -309,35 +330,27 @@ class TrainingRun:
     def resume(self, restart_if_changed: bool) -> None:
         """Continue from checkpoint.pt when it belongs to this identity; refuse when it does
         not, or with `restart_if_changed` set it aside and start from scratch."""
-        files = self.files
-        state = read_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+        files, ranks = self.files, self.loop.ranks
+        state, reasons = self._checkpoint(restart_if_changed)  # every process decides alike
+        ranks.barrier()  # all have read checkpoint.pt before process 0 moves it
         if state is not None:
-            reasons = stale_reasons(state, self.identity, self.steps)
-            if reasons and not restart_if_changed:
-                raise TrainingError(
-                    f"{files.checkpoint} belongs to another training ({'; '.join(reasons)}). "
-                    "Restore those settings to resume it, or pass --restart-if-changed to set it "
-                    f"aside (as {files.stale_checkpoint.name}) and train this run from scratch."
-                )
+            self.loop.load_state_dict(state)
+            self.start, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            if ranks.main:
+                print(f"resuming {self.network_id} from step {self.start} ({files.checkpoint})")
+        elif ranks.main:
             if reasons:
                 os.replace(files.checkpoint, files.stale_checkpoint)
                 print(
                     f"{files.checkpoint}: {'; '.join(reasons)}; set aside as "
-                    f"{files.stale_checkpoint}, training from scratch",
-                    flush=True,
+                    f"{files.stale_checkpoint}, training from scratch"
                 )
-                state = None
-        if state is not None:
-            self.loop.load_state_dict(state)
-            self.start, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
-            print(
-                f"resuming {self.network_id} from step {self.start} ({files.checkpoint})",
-                flush=True,
-            )
-        else:  # snapshots of an earlier training of this folder would pass for this one's
-            for old in files.snapshots.glob("step_*.pt"):
+            for old in files.snapshots.glob("step_*.pt"):  # they would pass for this run's
                 old.unlink()
+        sys.stdout.flush()
         self.step = self.window_step = self.start
+        if not ranks.main:
+            return
         atomic_write_bytes(files.log, log_text(self.loop.log.rows).encode())
         # A run that ended on a snapshot's step wrote final.pt there instead; asked for more
         # steps, it makes that snapshot from the weights it resumes with.
@@ -346,6 +359,21 @@ class TrainingRun:
         if on_snapshot and not files.snapshot(start).exists():
             self.save_weights(files.snapshot(start))
 
+    def _checkpoint(self, restart_if_changed: bool) -> tuple[dict | None, list[str]]:
+        """(checkpoint.pt's state if this training resumes it, why it cannot if it cannot)."""
+        path = self.files.checkpoint
+        if not path.exists():
+            return None, []
+        state = read_checkpoint(path)
+        reasons = stale_reasons(state, self.identity, self.steps)
+        if reasons and not restart_if_changed:
+            raise TrainingError(
+                f"{path} belongs to another training ({'; '.join(reasons)}). Restore those "
+                "settings to resume it, or pass --restart-if-changed to set it aside (as "
+                f"{self.files.stale_checkpoint.name}) and train this run from scratch."
+            )
+        return (None, reasons) if reasons else (state, [])
+
     # -- the loop
 
     def run_loop(self, progress: bool) -> str:
@@ -353,28 +381,29 @@ class TrainingRun:
         SIGINT write a checkpoint and raise `Interrupted`."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=self.steps,
-            initial=self.start,
-            desc=self.network_id,
-            unit="step",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        self.live = LiveView(self.files.live, self.start)
+        main = self.loop.ranks.main
         self.t0 = self.window_start = time.perf_counter()
         # The bar is closed however the loop ends, so an error message starts on its own line.
-        with (
-            bar,
-            closing(self.live),
-            _StopFlag() as stop,
-            open(self.files.log, "a", newline="") as log,
-        ):
-            self.writer, self.log_file, self.bar = csv.DictWriter(log, LOG_FIELDS), log, bar
+        with contextlib.ExitStack() as stack:
+            self.bar = stack.enter_context(
+                tqdm(
+                    total=self.steps,
+                    initial=self.start,
+                    desc=self.network_id,
+                    unit="step",
+                    disable=not (progress and main),
+                    dynamic_ncols=True,
+                )
+            )
+            stop = stack.enter_context(_StopFlag())
+            if main:  # the other processes only compute
+                self.live = stack.enter_context(closing(LiveView(self.files.live, self.start)))
+                self.log_file = stack.enter_context(open(self.files.log, "a", newline=""))
+                self.writer = csv.DictWriter(self.log_file, LOG_FIELDS)
             while self.step < self.steps:
                 self.loop.run_step(self.step)
                 self.step += 1
-                bar.update(1)
+                self.bar.update(1)
                 if self.after_step(stop.signal):
                     return "max_minutes"
         return "steps"
@@ -385,8 +414,10 @@ class TrainingRun:
     def after_step(self, signum: int | None) -> bool:
         """What is due after a step: the loss check, the log row, the preview, the snapshot,
         the checkpoint; then an interrupt raises. True when train.max_minutes is up."""
-        step, tc, elapsed = self.step, self.tc, self.elapsed()
+        step, tc, elapsed, ranks = self.step, self.tc, self.elapsed(), self.loop.ranks
         out_of_time = tc.max_minutes is not None and elapsed >= tc.max_minutes * 60
+        # A signal that reached one process, or one process's clock, stops them all here.
+        signum, out_of_time = ranks.agree(signum, out_of_time, self.loop.device)
         last = step == self.steps or out_of_time
         want_row = step % tc.log_every == 0 or last
         want_ckpt = step % tc.checkpoint_every == 0 or last or signum is not None
@@ -394,13 +425,13 @@ class TrainingRun:
             self.check_losses()
         if want_row:
             self.write_row(elapsed)
-        previewing = bool(tc.preview_every) and step % tc.preview_every == 0
+        previewing = bool(tc.preview_every) and step % tc.preview_every == 0 and ranks.main
         if previewing:
             self.live.preview(step, self.preview())
-        snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0
+        snapshotting = bool(tc.snapshot_every) and step % tc.snapshot_every == 0 and ranks.main
         if snapshotting and step < self.steps:  # the last step's weights are final.pt
             self.save_weights(self.files.snapshot(step))
-        if want_ckpt:
+        if want_ckpt and ranks.main:
             self.save_checkpoint(elapsed)
         if want_ckpt or previewing or snapshotting:
             self.window_start = time.perf_counter()  # images/s measures training alone
@@ -429,6 +460,8 @@ class TrainingRun:
         self.window_start, self.window_step = now, step
         lr = get_lr(self.loop.cfg, step - 1)
         row = self.loop.log.row(step, lr, float(self.loop.grad_norm), ips, elapsed)
+        if not self.loop.ranks.main:
+            return
         self.writer.writerow(row)
         self.log_file.flush()
         self.live.row(row)
@@ -464,10 +497,13 @@ class TrainingRun:
     # -- after the loop
 
     def finish(self, stopped_by: str) -> dict:
-        """final.pt, the snapshot index and the summary; returns the summary."""
+        """final.pt, the snapshot index and the summary (process 0 writes them); returns the
+        summary."""
         loop, tc, step = self.loop, self.tc, self.step
-        self.save_weights(self.files.final)
-        _write_snapshot_index(self.files, self.network_id, tc.snapshot_every, step, tc.batch_size)
+        if loop.ranks.main:
+            self.save_weights(self.files.final)
+            every = tc.snapshot_every
+            _write_snapshot_index(self.files, self.network_id, every, step, tc.batch_size)
         rows = loop.log.rows
         measured = rows[1:] or rows  # the first window includes start-up costs
         n_images, device = loop.data.shape[0], loop.device
@@ -487,6 +523,7 @@ class TrainingRun:
             "compile_error": loop.nets.compile_error,
             "parameters": count_parameters(loop.model),
             "device": _device_name(device),
+            "processes": loop.ranks.world,  # train.gpus: one network trained by several
             "precision": tc.precision if device.type == "cuda" else "fp32",
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device)
             if device.type == "cuda"
@@ -495,7 +532,8 @@ class TrainingRun:
             "dataset_count": n_images,
             "final_loss": _smoothed_final_loss(rows),
         }
-        atomic_write_json(self.files.summary, summary)
+        if loop.ranks.main:
+            atomic_write_json(self.files.summary, summary)
         return summary
 
 
@@ -517,16 +555,23 @@ def train(
     Returns the training summary.
     """
     out_dir = check_output_dir(out_dir)
-    device = select_device(cfg.train.device, exclusive=True)
+    ranks = Ranks.from_env()  # one process, or one of train.gpus under torchrun
+    local_rank = ranks.local_rank if ranks.parallel else None
+    device = select_device(cfg.train.device, exclusive=True, local_rank=local_rank)
     configure_cuda(device)
     data, manifest = load_dataset(data_path, device)
     identity = {k: identity[k] for k in ("settings", "code")} | {
         "dataset_sha256": manifest["sha256"]
     }
-    run = TrainingRun(TrainLoop(cfg, data, device), network_id, NetworkFiles(out_dir), identity)
-    run.resume(restart_if_changed)
-    stopped_by = run.run_loop(progress)
-    return run.finish(stopped_by)
+    ranks.start(device)
+    try:
+        loop = TrainLoop(cfg, data, device, ranks=ranks)
+        run = TrainingRun(loop, network_id, NetworkFiles(out_dir), identity)
+        run.resume(restart_if_changed)
+        stopped_by = run.run_loop(progress)
+        return run.finish(stopped_by)
+    finally:
+        ranks.stop()
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """GPU claims: one ddpm job per physical GPU, named by the card, not by how a job numbers it."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,17 +45,25 @@ def test_a_claim_waits_while_another_process_holds_the_card(locks):
         "print('claimed', flush=True); sys.stdin.readline()"
     )
 
+    @contextlib.contextmanager
     def job():
+        """A process that claims the card; killed on the way out if it has not ended (a claim
+        that never comes would otherwise hang the test instead of failing it)."""
         command = [sys.executable, "-c", code]
-        return subprocess.Popen(
+        with subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
+        ) as proc:
+            try:
+                yield proc
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
 
     with job() as holder:  # each closes its pipes and is waited for, whatever happens
         assert holder.stdout.readline().strip() == "claimed"
         with job() as waiter:  # started only once the card is held
             assert waiter.stdout.readline().strip() == (
-                "all 1 GPUs are in use by other ddpm processes; waiting"
+                "1 of 1 GPUs are in use by other ddpm processes and this job needs 1; waiting"
             )
             holder.stdin.write("end\n")
             holder.stdin.flush()
@@ -63,3 +72,41 @@ def test_a_claim_waits_while_another_process_holds_the_card(locks):
             waiter.stdin.write("end\n")
             waiter.stdin.flush()
             assert waiter.wait(timeout=60) == 0
+
+
+def test_a_multi_gpu_claim_takes_all_its_cards_or_holds_none_while_it_waits(locks):
+    """train.gpus: 2 on a machine where one of two cards is busy: the job waits holding
+    nothing (a one-card job takes the free card meanwhile), and takes both once both are free,
+    so two jobs that need two never wait on each other holding one each."""
+    cards = ["GPU-1111aaaa", "GPU-2222bbbb"]
+    assert devices.claim_gpu(cards) == 0  # another job holds the first card
+    held = [devices._held_locks[-1]]
+    code = (
+        f"import sys; from ddpm import devices; print(devices.claim_gpus({cards!r}, 2, "
+        "poll_s=0.1), flush=True); sys.stdin.readline()"
+    )
+    env = {**os.environ, "DDPM_GPU_LOCK_DIR": str(locks)}
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=env,
+    ) as waiter:  # fmt: skip
+        try:
+            assert waiter.stdout.readline().strip() == (
+                "1 of 2 GPUs are in use by other ddpm processes and this job needs 2; waiting"
+            )
+            assert devices.claim_gpu(cards) == 1  # the waiter holds the free card no longer
+            held.append(devices._held_locks[-1])
+            for lock in held:  # both one-card jobs end
+                lock.close()
+            assert waiter.stdout.readline().strip() == "[0, 1]"
+            waiter.stdin.write("end\n")
+            waiter.stdin.flush()
+            assert waiter.wait(timeout=60) == 0
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+
+
+def test_more_gpus_than_the_machine_has_is_refused(locks):
+    with pytest.raises(devices.PipelineError, match="3 GPUs were asked for .* shows 2"):
+        devices.claim_gpus(["GPU-1111aaaa", "GPU-2222bbbb"], 3)

@@ -49,6 +49,7 @@ EXPECTED_CODE = {
         "ema.py",
         "dataset.py",
         "devices.py",
+        "distributed.py",
     },
     "sample": SAMPLING,
     "progress": SAMPLING | {"progress.py", "metrics.py", "features.py"},

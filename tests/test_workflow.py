@@ -262,7 +262,8 @@ def test_conda_env_lists_every_runtime_dependency():
 def test_slurm_profile_parses_and_sizes_the_jobs(tmp_path):
     """The profile as shipped: its options are valid for Snakemake + the SLURM executor plugin
     (a dry run fails on any unknown option) without conda, as README installs it; its per-rule
-    settings name real rules, and each training job asks for one GPU."""
+    settings name real rules, and each training job asks for one GPU,
+    or for train.gpus on one node."""
     settings = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert settings["executor"] == "slurm" and "use-conda" not in settings
     project = make_project(
@@ -279,5 +280,15 @@ def test_slurm_profile_parses_and_sizes_the_jobs(tmp_path):
     assert len(train_jobs) == 4
     train = settings["set-resources"]["train"]
     for block in train_jobs:  # what the profile asks for reaches the jobs
-        assert "gpu=1" in block
+        assert "gpu=1" in block and "nodes=1" in block
         assert f"runtime={train['runtime']}" in block and f"mem_mb={train['mem_mb']}" in block
+
+    # One network trained by two GPUs asks for both, on one node (--gpus=2 --nodes=1).
+    config = yaml.safe_load((project / "config/config.yaml").read_text())
+    config["grid"] = {"T": [350, 1000]}
+    config["train"]["gpus"] = 2
+    write_config(project, config)
+    out = snakemake(project, "--profile", "profiles/slurm", "-n").stdout
+    train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
+    assert len(train_jobs) == 2
+    assert all("gpu=2" in block and "nodes=1" in block for block in train_jobs)

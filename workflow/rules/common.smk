@@ -108,6 +108,11 @@ def get_shell(name):
     )
 
 
+def get_gpus(wildcards):
+    """GPUs a network's training takes: its train.gpus (one process per GPU)."""
+    return next(n.config.train.gpus for n in PLAN.networks if n.id == wildcards.network)
+
+
 def get_tuning(name):
     """The tuning settings a stage takes, as `--tune` wants them. They travel as a resource,
     not a param: changing one cannot change a result, so it must not rerun anything."""

@@ -14,7 +14,7 @@ rule train:
         "../envs/ddpm.yaml"
     threads: 4
     resources:
-        gpu=1,
+        gpu=get_gpus,
         mem_mb=16000,
         runtime=240,
     shell:
