@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import ENV, TINY, make_project, snakemake
-from test_train import RUN, cli, write_config
+from test_train import RUN, cli, run_training, write_config
 
 from ddpm.config import ConfigError, config_from_dict, load_config
 from ddpm.data import preprocess
@@ -39,14 +39,6 @@ def train(config, data, out, *extra, threads=1, check=True):
     return subprocess.run(command, env=env, capture_output=True, text=True, check=check)
 
 
-@pytest.fixture(scope="module")
-def two_processes(setup, tmp_path_factory):
-    """An uninterrupted 2-process training."""
-    out = tmp_path_factory.mktemp("two") / "run"
-    train(*setup, out, *TWO)
-    return out
-
-
 def distance(a: dict, b: dict) -> float:
     """|a - b| / |a| over all weights."""
     num = sum(float((a[k].double() - b[k].double()).square().sum()) for k in a)
@@ -54,29 +46,76 @@ def distance(a: dict, b: dict) -> float:
     return (num / den) ** 0.5
 
 
-def test_two_processes_train_the_one_process_experiment(setup, two_processes, tmp_path):
-    """The final EMA weights of a 2-process run are as far from a 1-process run's as two
+def one_process(config, data, out, threads: int, overrides=None):
+    """A 1-process training in this process, on `threads` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_training(config, data, out, overrides)
+    finally:
+        torch.set_num_threads(before)
+    return read_final(out / "final.pt")["ema"]
+
+
+def test_two_processes_train_the_one_process_experiment_and_a_sigterm_resumes_exactly(
+    setup, tmp_path
+):
+    """1. The final EMA weights of a 2-process run are as far from a 1-process run's as two
     1-process runs that differ only in their thread count (the same sums in another order;
     measured 2.1e-4 and 2.0e-4 after 40 steps at lr 1e-3): the allowance is 3x that floor. A
-    different seed, another experiment, lands far outside it."""
+    different seed, another experiment, lands far outside it.
+    2. SIGTERM to the job (Snakemake's or SLURM's cancel) reaches both processes, which stop
+    at the same step and write one checkpoint; the same command then resumes, and the weights
+    and log equal the uninterrupted 2-process run's exactly (the same sums in the same order)."""
     config, data = setup
-    one = tmp_path / "one"
-    train(config, data, one)
-    train(config, data, tmp_path / "threads", threads=2)
-    train(config, data, tmp_path / "seed", "--set", "train.seed=1")
-    weights = {p.name: read_final(p / "final.pt")["ema"] for p in tmp_path.iterdir()}
-    weights["two"] = read_final(two_processes / "final.pt")["ema"]
+    two = tmp_path / "two"
+    train(config, data, two, *TWO)
+    weights = {
+        "one": one_process(config, data, tmp_path / "one", 1),
+        "threads": one_process(config, data, tmp_path / "threads", 2),
+        "seed": one_process(config, data, tmp_path / "seed", 1, {"train.seed": 1}),
+        "two": read_final(two / "final.pt")["ema"],
+    }
     floor = distance(weights["one"], weights["threads"])
     assert floor > 0, "the thread count changed no sum: no floor to compare with"
     assert distance(weights["one"], weights["two"]) <= 3 * floor
     assert distance(weights["one"], weights["seed"]) > 100 * floor
     # The log is the whole batch's, in both: the same steps and losses up to that order.
-    one_log, two_log = read_log(one / "train_log.csv"), read_log(two_processes / "train_log.csv")
+    one_log, two_log = read_log(tmp_path / "one/train_log.csv"), read_log(two / "train_log.csv")
     assert [r["step"] for r in two_log] == [r["step"] for r in one_log]
     for a, b in zip(one_log, two_log, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
-    summary = yaml.safe_load((two_processes / "train_summary.json").read_text())
+    summary = yaml.safe_load((two / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 40
+
+    resumed = tmp_path / "resumed"
+    _interrupt_then_rerun(config, data, resumed)
+    a, b = read_final(resumed / "final.pt")["ema"], weights["two"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("images_per_s", "elapsed_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(read_log(resumed / "train_log.csv")) == strip(two_log)
+
+
+def _interrupt_then_rerun(config, data, out) -> None:
+    """SIGTERM once the first checkpoint is written, then the same command again."""
+    launcher = _start(config, data, out, steps=40)
+    try:
+        _wait_for(out / "checkpoint.pt", launcher)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    stopped_at = read_checkpoint(out / "checkpoint.pt")["step"]
+    if launcher.returncode == 0:
+        pytest.fail("the training ended before the signal: no interrupt was tested")
+    assert launcher.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert "SIGTERM" in err.decode().strip().splitlines()[-1]
+    assert 5 <= stopped_at < 40 and not (out / "final.pt").exists()
+    rerun = train(config, data, out, *TWO)
+    assert f"resuming {RUN} from step {stopped_at}" in rerun.stdout
 
 
 def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
@@ -129,41 +168,6 @@ def test_a_killed_process_ends_the_job_with_a_clear_error_and_no_hang(setup, tmp
     assert "Signal 9 (SIGKILL) received by PID" in err.decode()  # torchrun's root cause
     assert not psutil.pid_exists(ranks[0]), "the surviving process was left running"
     assert read_checkpoint(out / "checkpoint.pt")["step"] >= 5  # kept
-
-
-def test_sigterm_checkpoints_every_process_and_the_rerun_equals_an_uninterrupted_run(
-    setup, two_processes, tmp_path
-):
-    """SIGTERM to the job (Snakemake's or SLURM's cancel) reaches both processes, which stop
-    at the same step and write one checkpoint; the same command then resumes, and the weights
-    and log equal the uninterrupted 2-process run's exactly (the same sums in the same order)."""
-    config, data = setup
-    out = tmp_path / "run"
-    launcher = _start(config, data, out, steps=40)
-    try:
-        _wait_for(out / "checkpoint.pt", launcher)
-        launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=90)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-    stopped_at = read_checkpoint(out / "checkpoint.pt")["step"]
-    if launcher.returncode == 0:
-        pytest.fail("the training ended before the signal: no interrupt was tested")
-    assert launcher.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
-    assert "SIGTERM" in err.decode().strip().splitlines()[-1]
-    assert 5 <= stopped_at < 40 and not (out / "final.pt").exists()
-
-    rerun = train(config, data, out, *TWO)
-    assert f"resuming {RUN} from step {stopped_at}" in rerun.stdout
-    a, b = read_final(out / "final.pt")["ema"], read_final(two_processes / "final.pt")["ema"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    timing = ("images_per_s", "elapsed_s")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
-    assert strip(read_log(out / "train_log.csv")) == strip(
-        read_log(two_processes / "train_log.csv")
-    )
 
 
 def test_a_batch_that_the_processes_cannot_share_evenly_is_refused():
