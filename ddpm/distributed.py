@@ -174,7 +174,7 @@ def launch(argv: list[str], processes: int, gpu_indices: list[int] | None) -> No
             exit_code=128 + forwarded[0],
         )
     raise DistributedError(
-        f"data-parallel training stopped: one of its {processes} processes failed (torchrun's "
-        f"report, above, names it; exit code {code}). The last checkpoint is kept: run the same "
-        "command again to resume from it."
+        f"data-parallel training stopped: a process of the {processes} ended with an error (its "
+        f"message and torchrun's report of which are above; exit code {code}). The last "
+        "checkpoint is kept: run the same command again to resume from it."
     )

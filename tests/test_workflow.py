@@ -180,11 +180,15 @@ def test_a_failed_training_does_not_stop_the_sweep_and_its_cause_is_shown(tmp_pa
     """profiles/default's keep-going and show-failed-logs: a training at lr 0.99 without
     clipping or warm-up goes non-finite; it runs first (`--prioritize`), the healthy network is
     trained, sampled and evaluated after it, Snakemake exits 1, and the failed job's own error
-    line is on screen, not only its log's path."""
+    line is on screen, not only its log's path.
+
+    Both networks train as two processes (train.gpus: 2, on the CPU with gloo): the healthy
+    one goes through the pipeline like any network, and both processes of the failing one stop
+    at the same non-finite step, which ends the job instead of hanging it."""
     cfg = {
         **TINY,
         "grid": {"train.lr": [2.0e-4, 0.99]},
-        "train": {**TINY["train"], "grad_clip": 0, "warmup_steps": 0},
+        "train": {**TINY["train"], "grad_clip": 0, "warmup_steps": 0, "gpus": 2},
     }
     project = make_project(tmp_path / "project", cfg)
     healthy, failing = "results/runs/train.lr~0.0002", "results/runs/train.lr~0.99"
@@ -201,6 +205,8 @@ def test_a_failed_training_does_not_stop_the_sweep_and_its_cause_is_shown(tmp_pa
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]
     assert (project / healthy / "default/metrics.json").exists()
+    summary = json.loads((project / healthy / "train_summary.json").read_text())
+    assert summary["processes"] == 2
     assert not (project / failing / "final.pt").exists()
     failure = out.index("Error in rule train")
     assert "error: train.lr~0.99: the loss became non-finite at step" in out[failure:]
