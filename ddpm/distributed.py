@@ -9,8 +9,8 @@ therefore the 1-process experiment up to the order of floating-point sums (dropo
 process draws its own masks). Process 0 writes everything; the others only compute.
 
 A process that dies takes the others down: gloo notices the closed connection at the next
-collective, NCCL after `COLLECTIVE_TIMEOUT`, and torchrun then stops the rest. `launch` turns
-that into one line naming the process and how it ended.
+collective, NCCL after `COLLECTIVE_TIMEOUT`, and torchrun then stops the rest and reports which
+process failed first and how; `launch` ends the command with one `error:` line after it.
 """
 
 from __future__ import annotations
