@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import ENV
-from test_train import RUN, cli, run_training, write_config
+from test_train import RUN, run_training, train_cmd, write_config
 
 from ddpm.config import ConfigError, config_from_dict, load_config
 from ddpm.data import preprocess
@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 def train(config, data, out, *extra, threads=1, check=True):
     env = {**ENV, "OMP_NUM_THREADS": str(threads)}
-    command = cli("train", "--config", config, "--run", RUN, "--data", data, "--out", out, *extra)
+    command = [*train_cmd(config, data, out), *extra]
     return subprocess.run(command, env=env, capture_output=True, text=True, check=check)
 
 
@@ -132,10 +132,7 @@ def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
 
 
 def _start(config, data, out, steps: int) -> subprocess.Popen:
-    command = cli(
-        "train", "--config", config, "--run", RUN, "--data", data, "--out", out, *TWO,
-        "--set", f"train.steps={steps}",
-    )  # fmt: skip
+    command = [*train_cmd(config, data, out), *TWO, "--set", f"train.steps={steps}"]
     env = {**ENV, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
