@@ -34,11 +34,9 @@ def read_manifest(tensor_path: str | Path) -> dict:
     return manifest
 
 
-def load_dataset(path: str | Path, device="cpu", verify: bool = True):
-    """The uint8 dataset [N x 3 x S x S] as a torch tensor on `device`, checked against its
-    manifest's sha256. Returns (images, manifest)."""
-    import torch
-
+def read_dataset(path: str | Path, verify: bool = True) -> tuple[np.ndarray, dict]:
+    """The uint8 dataset [N x 3 x S x S] as a numpy array, checked against its manifest's
+    sha256. Returns (images, manifest)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist; run `python -m ddpm preprocess`")
@@ -54,4 +52,12 @@ def load_dataset(path: str | Path, device="cpu", verify: bool = True):
         raise DataError(
             f"{path}: expected uint8 [N x 3 x S x S], got {images.dtype} {images.shape}"
         )
+    return images, manifest
+
+
+def load_dataset(path: str | Path, device="cpu", verify: bool = True):
+    """`read_dataset` as a torch tensor on `device`."""
+    import torch
+
+    images, manifest = read_dataset(path, verify)
     return torch.from_numpy(images).to(device), manifest

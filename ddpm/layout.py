@@ -24,7 +24,6 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -316,13 +315,11 @@ def write_samples(path: str | Path, images, record: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_samples(path: str | Path, limit: int | None = None) -> tuple[Any, dict]:
-    """(uint8 images [N x 3 x H x W] as a torch tensor, the record) from a samples.npz; the
+def read_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, dict]:
+    """(uint8 images [N x 3 x H x W], the record) from a samples.npz; the
     record is {} for a file made elsewhere. Anything but uint8 images is refused rather than
     guessed at: float images could be in [-1, 1], [0, 1] or [0, 255], and a wrong guess gives a
     meaningless FID without any error."""
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise ArtefactError(f"samples {path} not found; run `python -m ddpm sample` first")
@@ -350,4 +347,4 @@ def read_samples(path: str | Path, limit: int | None = None) -> tuple[Any, dict]
         raise ArtefactError(
             f"{path}: expected images [N x 3 x H x W] with N >= 2, got {images.shape}"
         )
-    return torch.from_numpy(images), record
+    return images, record

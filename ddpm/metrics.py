@@ -403,6 +403,7 @@ def evaluate(
     files = VariantFiles(check_output_dir(out_dir))
     info, ref = load_reference(reference, weights, eval_cfg.weights_sha256_prefix)
     images, record = read_samples(samples)
+    images = torch.from_numpy(images)
     check_compatible(samples, record, images, reference, ref, variant)
     device = select_device(eval_cfg.device, exclusive=True)
     start = time.perf_counter()

@@ -444,32 +444,33 @@ def _samples(path: Path, n: int):
         return None
 
 
-def _nearest(samples, train, k: int) -> list[tuple[int, list]]:
-    """For each sample, the k training images closest in pixel space: (index, [(j, distance)]);
-    samples and images are uint8 tensors."""
-    import torch
+def _nearest(samples: np.ndarray, train: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """For each uint8 sample, the k training images closest in pixel space (values scaled to
+    [0, 1]), nearest first: [(index, distance)]. Squared distances are sums of integer products,
+    exact in float64, so a copied training image is at distance 0."""
+    x = samples.reshape(len(samples), -1).astype(np.float64)
+    x_sq = np.einsum("ij,ij->i", x, x)
+    d2 = []
+    for lo in range(0, len(train), 1024):
+        y = train[lo : lo + 1024].reshape(-1, x.shape[1]).astype(np.float64)
+        d2.append(x_sq[:, None] + np.einsum("ij,ij->i", y, y)[None] - 2 * x @ y.T)
+    d2 = np.concatenate(d2, axis=1)
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return [
+        [(int(j), float(np.sqrt(row[j])) / 255) for j in idx]
+        for row, idx in zip(d2, nearest, strict=True)
+    ]
 
-    x = samples.flatten(1).float() / 255
-    out = []
-    dists = torch.cat(
-        [torch.cdist(x, chunk.flatten(1).float() / 255) for chunk in train.split(2048)], dim=1
-    )  # (n, N)
-    values, indices = dists.topk(k, dim=1, largest=False)
-    for i in range(len(samples)):
-        out.append((i, list(zip(indices[i].tolist(), values[i].tolist(), strict=True))))
-    return out
 
-
-def _memorisation(samples, train, rc) -> dict:
-    import torch
-
+def _memorisation(samples: np.ndarray, train: np.ndarray, rc) -> dict:
     picks = samples[: rc.memorisation_samples]
     tiles, distances = [], []
-    for i, neighbours in _nearest(picks, train, rc.nearest_neighbours):
-        tiles.append(picks[i])
-        tiles += [train[j] for j, _ in neighbours]
+    for sample, neighbours in zip(
+        picks, _nearest(picks, train, rc.nearest_neighbours), strict=True
+    ):
+        tiles += [sample, *(train[j] for j, _ in neighbours)]
         distances.append([d for _, d in neighbours])
-    strip = grid(torch.stack(tiles), nrow=1 + rc.nearest_neighbours)
+    strip = grid(np.stack(tiles), nrow=1 + rc.nearest_neighbours)
     return {"image": data_uri(png_bytes(strip, scale=2)), "distances": distances}
 
 
@@ -593,13 +594,13 @@ def build_report(
     """Write the HTML report comparing every run of `cfg`'s grid; returns what it showed."""
     import jinja2
 
-    from ddpm.dataset import load_dataset
+    from ddpm.dataset import read_dataset
 
     check_output_file(out)
     runs_dir = Path(runs_dir)
     rc = cfg.report
     rows = collect_runs(cfg, runs_dir)
-    train_images = load_dataset(data_path)[0] if data_path else None
+    train_images = read_dataset(data_path)[0] if data_path else None
     for row in rows:
         files = VariantFiles(runs_dir / row["network"] / row["variant"])
         row["far_from_noise"] = row["alpha_bar_T"] > FAR_FROM_NOISE

@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,15 +24,16 @@ ARTIFACTS = Path(
 )
 
 
+CONFIG = {
+    "grid": {"T": [20, 30, 40]},
+    "data": {"source": "synthetic", "synthetic_count": 24, "image_size": 16},
+    "model": {"preset": "tiny"},
+    "report": {"grid_images": 9, "memorisation_samples": 2, "nearest_neighbours": 2},
+}
+
+
 def make_config():
-    return config_from_dict(
-        {
-            "grid": {"T": [20, 30, 40]},
-            "data": {"source": "synthetic", "synthetic_count": 24, "image_size": 16},
-            "model": {"preset": "tiny"},
-            "report": {"grid_images": 9, "memorisation_samples": 2, "nearest_neighbours": 2},
-        }
-    )
+    return config_from_dict(CONFIG)
 
 
 def fabricate_run(
@@ -211,6 +214,31 @@ def test_the_report_works_for_a_single_run(tmp_path):
     context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
     assert [r["run_id"] for r in context["rows"]] == ["default"]
     assert context["rows"][0]["memorisation"] is None  # no training data given
+
+
+def test_the_memorisation_check_finds_a_copied_training_image_without_torch(tmp_path):
+    """A sample that is a training image is shown beside it at distance 0, one a pixel away at
+    that pixel's distance; and the report job never imports torch (most of a short job's time)."""
+    data = tmp_path / "data.npy"
+    preprocess(make_config().data, data, progress=False)
+    train = np.load(data)
+    fabricate_run(tmp_path / "runs/T~20", 1)
+    copy, near = train[5].copy(), train[9].copy()
+    near[1, 3, 4] = near[1, 3, 4] + 51 if near[1, 3, 4] < 128 else near[1, 3, 4] - 51
+    np.savez(tmp_path / "runs/T~20/default/samples.npz", images=np.stack([copy, near, copy]))
+    code = (
+        "import json, sys\n"
+        "from ddpm.config import config_from_dict\n"
+        "from ddpm.report import build_report\n"
+        f"c = build_report(config_from_dict({CONFIG!r}), {str(tmp_path / 'runs')!r}, "
+        f"{str(tmp_path / 'r.html')!r}, data_path={str(data)!r})\n"
+        "print(json.dumps([c['rows'][0]['memorisation']['distances'], 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    distances, imported_torch = json.loads(out.stdout.splitlines()[-1])
+    assert not imported_torch
+    assert distances[0][0] == 0.0 and distances[0][1] > 0  # two neighbours each, nearest first
+    assert distances[1][0] == pytest.approx(51 / 255) and distances[1][1] >= distances[1][0]
 
 
 @pytest.mark.parametrize("objective, flagged", [("eps", True), ("v", False)])
