@@ -86,17 +86,22 @@ def compile_(
     start = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            x = torch.zeros(batch_size, channels, size, size, device=device)
-            x = x.contiguous(memory_format=memory_format)
-            t = torch.zeros(batch_size, device=device, dtype=torch.long)
+            # Inputs as the training loss and the samplers make them (float timesteps; inside
+            # inference mode for sampling): any difference fails one of the compiled graph's
+            # guards at the first real call, which then compiles the network a second time.
+            def inputs():
+                x = torch.zeros(batch_size, channels, size, size, device=device)
+                t = torch.zeros(batch_size, device=device, dtype=torch.long)
+                return x.contiguous(memory_format=memory_format), nets.diffusion.scale_timesteps(t)
+
             if train:
                 with autocast(device, precision):
-                    out = compiled(x, t)
+                    out = compiled(*inputs())
                 out.float().square().mean().backward()
                 model.zero_grad(set_to_none=True)
             else:
                 with autocast(device, precision), torch.inference_mode():
-                    compiled(x, t)
+                    compiled(*inputs())
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001 - any compiler failure: report it, run uncompiled

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -427,7 +427,10 @@ def generate(
     images, nfe = sample_batches(nets, sc, size, device, f"sample {variant}", progress)
     elapsed = time.perf_counter() - start
     first = range(min(sc.trajectory_images, sc.num_images))
-    traj = run_chain(nets, sc, first, shape, device, record=record).trajectory
+    # The trajectory's few images run on the plain network: the compiled one would compile
+    # again for their batch size.
+    plain = replace(nets, net=nets.model)
+    traj = run_chain(plain, sc, first, shape, device, record=record).trajectory
     # trajectory.png: one row per sample, columns from pure noise (left) to the sample (right).
     strip = torch.stack([to_uint8(x) for _, x in traj], dim=1)  # (n, points, 3, S, S)
 

@@ -396,14 +396,16 @@ def test_sampling_reads_only_sample_settings(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path):
+def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path, monkeypatch):
     """torch.compile (inductor, on CPU here) changes how the network runs, not what it
-    computes; and a checkpoint written compiled resumes uncompiled (another machine, say)."""
+    computes; each stage compiles its network once (the warm-up's inputs pass every guard of
+    the real calls); and a checkpoint written compiled resumes uncompiled (another machine)."""
     config, data = setup
-    # One resolution level: inductor generates the same kinds of kernels as for three, and a
-    # cold compile takes 42 s for training and 21 s for sampling; the test took 90 s instead of
-    # 199 s with the tiny preset's three (2-core VM, 2026-12-03). Sampling reads the network
-    # from final.pt.
+    # Each stage is its own process; here they share one, so dynamo forgets between them.
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    # One resolution level: inductor generates the same kinds of kernels as for three, in half
+    # the time. Sampling reads the network from final.pt.
     one_level = {"model.channel_mults": [1]}
     logs, summaries = {}, {}
     for compiled in (False, True):
@@ -429,8 +431,11 @@ def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path):
 
     ckpt = tmp_path / "compiled-False/final.pt"
     images = {}
+    torch._dynamo.reset()
     for compiled in (False, True):
-        cfg, _ = job("sample", config, {"sample.compile": compiled})
+        # 10 images in chains of 5: a last, smaller chain would compile again for its size
+        overrides = {"sample.compile": compiled, "sample.num_images": 10}
+        cfg, _ = job("sample", config, overrides)
         summary = generate(cfg, RUN, ckpt, tmp_path / f"samples-{compiled}", progress=False)
         assert summary["compiled"] is compiled
         images[compiled] = np.load(tmp_path / f"samples-{compiled}/samples.npz")["images"]
