@@ -23,8 +23,8 @@ demo: $(STAMP)
 
 # Tests run side by side, one more than there are cores: most of their time is one-core
 # subprocess chains, and a third test on 2 cores uses the time that the others spend waiting on
-# Snakemake, DVC and SLURM (the suite took 556 s instead of 631 s with two; 2-core VM,
-# 2026-12-03).
+# Snakemake, DVC and SLURM (the suite took 492 s instead of 512 s with two, each run once with
+# a cold torch.compile cache; 2-core VM, 2026-12-03).
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
