@@ -373,15 +373,19 @@ def sample_batches(
     nets: Networks, sc, size: int, device: torch.device, desc: str, progress: bool = True
 ) -> tuple[torch.Tensor, int]:
     """`sc.num_images` samples as uint8 on the CPU, `sc.batch_size` per chain, and the network
-    evaluations each took."""
+    evaluations each took. A compiled network runs the last chain at the full batch too (a
+    smaller one would compile it again for that shape) and its extra samples are dropped: each
+    sample's noise is its own, whatever chain it is in."""
     shape = (3, size, size)
     images = torch.empty((sc.num_images, *shape), dtype=torch.uint8)
+    width = min(sc.batch_size, sc.num_images)  # the batch `compile_` compiled for
     nfe = 0
     with tqdm(total=sc.num_images, unit="img", desc=desc, disable=not progress) as bar:
         for lo in range(0, sc.num_images, sc.batch_size):
             hi = min(lo + sc.batch_size, sc.num_images)
-            result = run_chain(nets, sc, range(lo, hi), shape, device)
-            images[lo:hi] = to_uint8(result.images).cpu()
+            chain = range(lo, lo + width) if nets.compiled else range(lo, hi)
+            result = run_chain(nets, sc, chain, shape, device)
+            images[lo:hi] = to_uint8(result.images[: hi - lo]).cpu()
             nfe = result.nfe
             bar.update(hi - lo)
     return images, nfe

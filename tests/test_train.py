@@ -433,9 +433,9 @@ def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path, mo
     images = {}
     torch._dynamo.reset()
     for compiled in (False, True):
-        # 10 images in chains of 5: a last, smaller chain would compile again for its size
-        overrides = {"sample.compile": compiled, "sample.num_images": 10}
-        cfg, _ = job("sample", config, overrides)
+        # 12 images in chains of 5: the compiled network runs the last one at 5 too
+        cfg, _ = job("sample", config, {"sample.compile": compiled})
+        assert (cfg.sample.num_images, cfg.sample.batch_size) == (12, 5)
         summary = generate(cfg, RUN, ckpt, tmp_path / f"samples-{compiled}", progress=False)
         assert summary["compiled"] is compiled
         images[compiled] = np.load(tmp_path / f"samples-{compiled}/samples.npz")["images"]
