@@ -78,3 +78,15 @@ def _row(text: str, key: str) -> list[str]:
 )
 def test_config_readme_says_what_a_change_to_each_key_reruns(key, reruns):
     assert _row(config_reference_markdown(), key)[-1] == reruns
+
+
+def test_the_readme_module_table_names_every_module():
+    """A newcomer finds a behaviour from README's table of modules: each has its row."""
+    rows = [
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| `ddpm/")
+    ]
+    listed = {name for row in rows for name in row.split("|")[1].replace("`", "").split(", ")}
+    modules = {f"ddpm/{p.name}" for p in (ROOT / "ddpm").glob("*.py") if p.name != "__init__.py"}
+    assert modules - {name.strip() for name in listed} == set()
