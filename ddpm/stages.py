@@ -375,8 +375,10 @@ def get_stage(name: str, cfg: Config | None = None) -> Stage:
 # -- the code a stage runs -----------------------------------------------------------------------
 
 
-def _imports(name: str) -> set[str]:
-    """The package modules a module imports (also inside functions), as file names."""
+@functools.cache
+def _imports(name: str) -> frozenset[str]:
+    """The package modules a module imports (also inside functions), as file names; each
+    module is parsed once per process (the stages' closures share most of theirs)."""
     path = PACKAGE / name
     tree = ast.parse(path.read_text())
     names = set()
@@ -390,7 +392,7 @@ def _imports(name: str) -> set[str]:
             names |= {
                 a.name.split(".", 1)[1] + ".py" for a in node.names if a.name.startswith("ddpm.")
             }
-    return names
+    return frozenset(names)
 
 
 @functools.cache
