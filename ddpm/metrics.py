@@ -290,6 +290,11 @@ def reference_stats(
     if eval_cfg.reference_max_images and len(images) > eval_cfg.reference_max_images:
         g = torch.Generator().manual_seed(eval_cfg.seed)
         images = images[torch.randperm(len(images), generator=g)[: eval_cfg.reference_max_images]]
+    if len(images) < 4:
+        raise MetricsError(
+            f"{data_path} holds {len(images)} images; reference statistics need at least 4 (FID's "
+            "floor compares two halves of them, and a covariance needs 2 images)"
+        )
     device = select_device(eval_cfg.device, exclusive=True)
     start = time.perf_counter()
     net = load_inception(weights, device)

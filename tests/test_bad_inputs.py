@@ -21,6 +21,8 @@ from conftest import SCORED_CONFIG, SCORED_NETWORK, small_disk
 from PIL import Image
 
 from ddpm.cli import main
+from ddpm.config import config_from_dict
+from ddpm.data import preprocess
 from ddpm.layout import write_samples
 
 NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
@@ -374,6 +376,17 @@ def case_unverified_weights(g, t):
         out,
     ]
     return argv, "w.pth", [out]
+
+
+def case_reference_of_too_few_images(g, t):
+    """FID's floor compares two halves of the real images, each a covariance of 2 or more."""
+    cfg = config_from_dict(
+        {"data": {"source": "synthetic", "synthetic_count": 3, "image_size": 16}}
+    )
+    preprocess(cfg.data, t / "few.npy", progress=False)
+    out = t / "ref.pt"
+    argv = ["reference-stats", "--config", g / "config.yaml", "--data", t / "few.npy"]
+    return [*argv, "--weights", g / "weights.pth", "--out", out], "few.npy holds 3 images", [out]
 
 
 def _download_weights(t, cut: bool, prefix: str):
