@@ -247,7 +247,9 @@ class SampleConfig:
         "beta_tilde", "DDPM reverse variance: posterior beta_tilde or beta (Ho et al. sec. 3.2)"
     )
     clip_denoised: bool = setting(True, "clip the predicted x0 to [-1, 1] at each step")
-    num_images: int = setting(10_000, "images to sample for evaluation", ge=1)
+    num_images: int = setting(
+        10_000, "images to sample for evaluation (FID's covariance needs 2 or more)", ge=2
+    )
     batch_size: int = setting(256, "images per network call", ge=1, effect="tuning")
     seed: int = setting(0, "sample i depends only on (seed, i)", ge=0)
     device: Device = setting("auto", "auto = CUDA when present, else CPU")

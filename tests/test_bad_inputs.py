@@ -507,6 +507,11 @@ def case_infinite_weight_decay(g, t):
     return ["runs", "--config", t / "c.yaml"], "train.weight_decay: inf is not a finite number", []
 
 
+def case_one_image_to_evaluate(g, t):
+    (t / "c.yaml").write_text("sample:\n  num_images: 1\n")
+    return ["runs", "--config", t / "c.yaml"], "sample.num_images: 1", []
+
+
 def case_infinite_epochs(g, t):
     (t / "c.yaml").write_text("train:\n  epochs: .inf\n")
     return ["runs", "--config", t / "c.yaml"], "train.epochs", []
