@@ -316,7 +316,7 @@ def write_samples(path: str | Path, images, record: dict) -> None:
 
 
 def read_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, dict]:
-    """(uint8 images [N x 3 x H x W], the record) from a samples.npz; the
+    """(uint8 images [N x 3 x H x W] as a numpy array, the record) from a samples.npz; the
     record is {} for a file made elsewhere. Anything but uint8 images is refused rather than
     guessed at: float images could be in [-1, 1], [0, 1] or [0, 255], and a wrong guess gives a
     meaningless FID without any error."""
