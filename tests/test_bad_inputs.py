@@ -361,21 +361,16 @@ def case_weights_of_another_network(g, t):
     return argv, "w.pth", outs
 
 
+def _reference_stats(g, t, data=None, weights=None):
+    out = t / "ref.pt"
+    argv = ["reference-stats", "--config", g / "config.yaml", "--data", data or g / "data.npy"]
+    return [*argv, "--weights", weights or g / "weights.pth", "--out", out], [out]
+
+
 def case_unverified_weights(g, t):
     shutil.copy(g / "weights.pth", t / "w.pth")  # the same bytes, without the test-weights mark
-    out = t / "ref.pt"
-    argv = [
-        "reference-stats",
-        "--config",
-        g / "config.yaml",
-        "--data",
-        g / "data.npy",
-        "--weights",
-        t / "w.pth",
-        "--out",
-        out,
-    ]
-    return argv, "w.pth", [out]
+    argv, outs = _reference_stats(g, t, weights=t / "w.pth")
+    return argv, "w.pth", outs
 
 
 def case_reference_of_too_few_images(g, t):
@@ -384,9 +379,8 @@ def case_reference_of_too_few_images(g, t):
         {"data": {"source": "synthetic", "synthetic_count": 3, "image_size": 16}}
     )
     preprocess(cfg.data, t / "few.npy", progress=False)
-    out = t / "ref.pt"
-    argv = ["reference-stats", "--config", g / "config.yaml", "--data", t / "few.npy"]
-    return [*argv, "--weights", g / "weights.pth", "--out", out], "few.npy holds 3 images", [out]
+    argv, outs = _reference_stats(g, t, data=t / "few.npy")
+    return argv, "few.npy holds 3 images", outs
 
 
 def _download_weights(t, cut: bool, prefix: str):
