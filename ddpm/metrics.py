@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib
+import importlib.util
 import json
+import sys
 import tempfile
 import time
 import urllib.request
@@ -114,16 +117,36 @@ def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
     return weights_info(out)
 
 
+def _inception_v3() -> type[nn.Module]:
+    """torch-fidelity's `FeatureExtractorInceptionV3` class, imported without running the
+    package's `__init__`. That imports every extractor torch-fidelity has (CLIP, VGG16, DINOv2,
+    LPIPS) and torchvision with them: 2.6 s of CPU in every job that scores images (2-core VM,
+    2026-12-03), for a class whose module needs only torch and four small modules beside it.
+    Should that module ever need more of its package, the whole package is imported instead."""
+    name = "torch_fidelity.feature_extractor_inceptionv3"
+    whole = "torch_fidelity" in sys.modules  # imported already: nothing to spare
+    spec = None if whole else importlib.util.find_spec("torch_fidelity")
+    if spec is not None:
+        # An unexecuted package module: Python finds the submodules through its __path__.
+        sys.modules["torch_fidelity"] = importlib.util.module_from_spec(spec)
+        try:
+            return importlib.import_module(name).FeatureExtractorInceptionV3
+        except ImportError:  # it wants the package itself: import everything properly below
+            for loaded in [m for m in sys.modules if m.startswith("torch_fidelity.")]:
+                del sys.modules[loaded]
+        finally:
+            del sys.modules["torch_fidelity"]  # a later `import torch_fidelity` runs it whole
+    return importlib.import_module(name).FeatureExtractorInceptionV3
+
+
 def load_inception(weights: str | Path, device: torch.device) -> nn.Module:
     """The feature network of a weights file: torch-fidelity's `FeatureExtractorInceptionV3`,
-    or the synthetic flowers' `FlowerFeatures` when the sidecar says so (then torch-fidelity,
-    which imports torchvision, is not even loaded)."""
+    or the synthetic flowers' `FlowerFeatures` when the sidecar says so (then torch-fidelity is
+    not even loaded)."""
     if _sidecar(Path(weights)).get("kind") == features.KIND:  # the kind only: no second hash
         return features.load_flower_features(weights, device, MetricsError)
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", FEATURES, str(weights))
+        net = _inception_v3()("inception-v3-compat", FEATURES, str(weights))
     except Exception as e:  # noqa: BLE001 - torch.load and load_state_dict raise many kinds
         raise MetricsError(
             f"{weights} does not hold torch-fidelity's InceptionV3 weights ({str(e)[:200]}); "
@@ -482,9 +505,8 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     the images. A sidecar `OUT.json` marks the file as test weights.
     """
     out = check_output_file(out)
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    class _Blank(FeatureExtractorInceptionV3):
+    class _Blank(_inception_v3()):
         def load_state_dict(self, *args, **kwargs):  # keep the fresh initialisation
             return None
 

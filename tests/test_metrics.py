@@ -1,5 +1,7 @@
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,6 +142,24 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
     reference_stats(cfg, dataset, weights, ref, progress=False)
     with pytest.raises(ArtefactError, match="python -m ddpm sample"):
         evaluate(cfg, tmp_path / "missing.npz", ref, weights, tmp_path / "m")
+
+
+def test_a_scoring_job_loads_torch_fidelitys_inception_without_the_rest_of_it(weights):
+    """A job that scores images imports torch-fidelity's InceptionV3 alone, not the package
+    (whose `__init__` loads torchvision and every other extractor); a later full import of the
+    package still works and has the very same class."""
+    script = f"""
+import sys, torch
+from ddpm.metrics import load_inception
+net = load_inception({str(weights)!r}, torch.device("cpu"))
+print(sorted(m for m in ("torchvision", "torch_fidelity") if m in sys.modules))
+import torch_fidelity as tf
+print(type(net) is tf.FeatureExtractorInceptionV3, callable(tf.calculate_metrics))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.splitlines() == ["[]", "True True"], out
 
 
 @pytest.mark.slow
