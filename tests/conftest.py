@@ -171,6 +171,7 @@ TINY = {
         "inception_source": "test",
         "inception_weights": "results/weights/test.pth",
         "device": "cpu",
+        "reference_max_images": 16,  # of the 32: Inception on the CPU is most of this stage
         "batch_size": 16,
         "kid_subset_size": 4,
         "kid_subsets": 3,

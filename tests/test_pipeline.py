@@ -205,7 +205,7 @@ CASES = {
         BOTH,
     ),
     "evaluate": (
-        edit_config("evaluate", reference_max_images=20),
+        edit_config("evaluate", reference_max_images=8),
         {
             "settings": 3,
             "reference_stats": 1,
