@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import built_once
 
 from ddpm.config import ConfigError, config_from_dict
 from ddpm.data import preprocess, synthetic_dataset
@@ -23,11 +24,17 @@ from ddpm.metrics import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("features") / "flower-features.pt"
-    info = train_flower_features(path, progress=False)  # the defaults the demo uses
-    return path, info
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory, worker_id):
+    """Trained once per test run with the defaults the demo uses (about 2 CPU-minutes), for
+    all workers: tests of this file that pytest-xdist gives to another worker do not train
+    it again."""
+
+    def build(root):
+        train_flower_features(root / "flower-features.pt", progress=False)
+
+    path = built_once(tmp_path_factory, worker_id, "flower-features", build) / "flower-features.pt"
+    return path, json.loads(path.with_name(path.name + ".json").read_text())
 
 
 def _grainy(images: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -49,7 +56,7 @@ def _features(weights, images: np.ndarray) -> torch.Tensor:
 @pytest.mark.slow
 def test_the_network_learns_the_attributes_it_was_built_for(weights):
     path, info = weights
-    assert info["kind"] == KIND and json.loads(path.with_name(path.name + ".json").read_text())
+    assert info["kind"] == KIND  # `info`: the sidecar that training wrote
     # 40 classes (petal colour x count): chance is 2.5%; attributes: 1.0 is guessing the mean.
     assert info["held_out_class_accuracy"] > 0.6, info
     assert info["held_out_attribute_mse"] < 0.4, info
