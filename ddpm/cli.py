@@ -541,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except PipelineError as e:
             message, code = str(e), getattr(e, "exit_code", 2)
+            if e.every_process:  # the first process of a data-parallel training says it for all
+                from ddpm.distributed import Ranks
+
+                message = message if Ranks.from_env().main else None
         except OSError as e:
             message, code = describe_os_error(e), 1
         except KeyboardInterrupt:
@@ -552,5 +556,6 @@ def main(argv: list[str] | None = None) -> int:
         _end_progress_bars()
         # Ctrl-C can land in the middle of a bar's drawing, whose line then has no end: as
         # click's "Aborted!" does, start on a fresh line.
-        print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
+        if message is not None:
+            print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
         return code

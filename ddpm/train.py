@@ -48,11 +48,15 @@ from ddpm.unet import count_parameters
 
 
 class TrainingError(PipelineError):
-    pass
+    """A checkpoint of another training, or a non-finite loss (summed over the processes)."""
+
+    every_process = True
 
 
 class Interrupted(PipelineError):
     """SIGTERM / SIGINT: a checkpoint was written; rerunning the command resumes."""
+
+    every_process = True  # a signal that reached one process stops them all (`Ranks.agree`)
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -113,6 +113,10 @@ def _interrupt_then_rerun(config, data, out) -> None:
         pytest.fail("the training ended before the signal: no interrupt was tested")
     assert launcher.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
     assert "SIGTERM" in err.decode().strip().splitlines()[-1]
+    # The first process says where both stopped (once, not once per process); the launcher
+    # then says how to go on.
+    said = [line for line in err.decode().splitlines() if line.startswith("error: ")]
+    assert len(said) == 2 and f": SIGTERM at step {stopped_at}; " in said[0], said
     assert 5 <= stopped_at < 40 and not (out / "final.pt").exists()
     rerun = train(config, data, out, *TWO)
     assert f"resuming {RUN} from step {stopped_at}" in rerun.stdout

@@ -210,6 +210,7 @@ def test_a_failed_training_does_not_stop_the_sweep_and_its_cause_is_shown(tmp_pa
     assert not (project / failing / "final.pt").exists()
     failure = out.index("Error in rule train")
     assert "error: train.lr~0.99: the loss became non-finite at step" in out[failure:]
+    assert out.count("the loss became non-finite") == 1, "said once, not once per process"
     finished_after = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", out[failure:])
     assert {"train", "sample", "evaluate"} <= set(finished_after), out[failure:]
 
