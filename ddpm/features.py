@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ddpm.data import _PETAL_COLOURS, synthetic_flower
 from ddpm.files import atomic_write_json, check_output_file, load_torch, save_torch
+from ddpm.layout import weights_sidecar
 
 KIND = "synthetic-features"
 EXTRACTOR = "ddpm.features.FlowerFeatures (trained on the synthetic flowers' attributes)"
@@ -155,7 +156,7 @@ def train_flower_features(
         "note": "features of a small CNN trained on the synthetic flowers' generating attributes: "
         "they rank runs on the synthetic flowers; not comparable with published FIDs",
     }
-    atomic_write_json(out.with_name(out.name + ".json"), sidecar)
+    atomic_write_json(weights_sidecar(out), sidecar)
     return sidecar
 
 

@@ -173,6 +173,13 @@ class VariantFiles:
         return self.folder / "evaluation.json"
 
 
+def weights_sidecar(weights: str | Path) -> Path:
+    """The JSON beside a weights file that says what it holds (`kind`: real Inception, random
+    test weights or flower features) and how it was made."""
+    weights = Path(weights)
+    return weights.with_name(weights.name + ".json")
+
+
 def manifest_path(dataset: str | Path) -> Path:
     """The manifest beside a preprocessed dataset file (count, sizes, sha256 of the tensor)."""
     return Path(dataset).with_suffix(".json")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib
 import importlib.util
 import json
 import sys
@@ -43,7 +42,7 @@ from ddpm.files import (
     load_torch,
     save_torch,
 )
-from ddpm.layout import METRIC_KEYS, VariantFiles, read_samples
+from ddpm.layout import METRIC_KEYS, VariantFiles, read_samples, weights_sidecar
 
 FEATURES = ["2048", "logits_unbiased"]
 EXTRACTOR = "torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat)"
@@ -80,7 +79,7 @@ def weights_info(path: str | Path) -> dict:
 
 
 def _sidecar(path: Path) -> dict:
-    sidecar = path.with_name(path.name + ".json")
+    sidecar = weights_sidecar(path)
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
 
 
@@ -113,7 +112,7 @@ def fetch_weights(url: str, out: str | Path, sha256_prefix: str) -> dict:
                 f"{url}: sha256 {digest[:16]}... does not start with {sha256_prefix}"
             )
         atomic_write_bytes(out, data)
-    atomic_write_json(out.with_name(out.name + ".json"), {"kind": "torch-fidelity", "url": url})
+    atomic_write_json(weights_sidecar(out), {"kind": "torch-fidelity", "url": url})
     return weights_info(out)
 
 
@@ -124,9 +123,8 @@ def _inception_v3() -> type[nn.Module]:
     2026-12-03), for a class whose module needs only torch and four small modules beside it.
     Should that module ever need more of its package, the whole package is imported instead."""
     name = "torch_fidelity.feature_extractor_inceptionv3"
-    whole = "torch_fidelity" in sys.modules  # imported already: nothing to spare
-    spec = None if whole else importlib.util.find_spec("torch_fidelity")
-    if spec is not None:
+    # Imported whole already (nothing to spare), or not installed: the plain import below.
+    if "torch_fidelity" not in sys.modules and (spec := importlib.util.find_spec("torch_fidelity")):
         # An unexecuted package module: Python finds the submodules through its __path__.
         sys.modules["torch_fidelity"] = importlib.util.module_from_spec(spec)
         try:
@@ -533,7 +531,7 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
     net.eval()
     save_torch(out, net.state_dict())
     atomic_write_json(
-        out.with_name(out.name + ".json"),
+        weights_sidecar(out),
         {
             "kind": "random-test",
             "seed": seed,

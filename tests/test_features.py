@@ -11,6 +11,7 @@ from conftest import built_once
 from ddpm.config import ConfigError, config_from_dict
 from ddpm.data import preprocess, synthetic_dataset
 from ddpm.features import CLASSES, KIND, flower_targets, load_flower_features, train_flower_features
+from ddpm.layout import weights_sidecar
 from ddpm.metrics import (
     MetricsError,
     evaluate,
@@ -34,7 +35,7 @@ def weights(tmp_path_factory, worker_id):
         train_flower_features(root / "flower-features.pt", progress=False)
 
     path = built_once(tmp_path_factory, worker_id, "flower-features", build) / "flower-features.pt"
-    return path, json.loads(path.with_name(path.name + ".json").read_text())
+    return path, json.loads(weights_sidecar(path).read_text())
 
 
 def _grainy(images: np.ndarray, sigma: float, seed: int) -> np.ndarray:
