@@ -121,7 +121,8 @@ class NetworkFiles:
     @property
     def snapshots(self) -> Path:
         """EMA weights at every `train.snapshot_every` steps, each in final.pt's format. Kept
-        across reruns like the checkpoint: a resumed training cannot make them again."""
+        across reruns like the checkpoint: a resumed training cannot make them again. A
+        finished training leaves it, empty when it took no snapshot."""
         return self.folder / "snapshots"
 
     def snapshot(self, step: int) -> Path:

@@ -601,7 +601,11 @@ def _write_snapshot_index(
     files: NetworkFiles, network_id: str, every: int, last: int, batch_size: int
 ) -> None:
     """snapshots.json: the snapshots this training made before its last step. One deleted
-    while it trained is left out, with a warning (only training again can make it)."""
+    while it trained is left out, with a warning (only training again can make it).
+
+    The snapshots folder is made here too, empty when `train.snapshot_every` is 0: it is a
+    declared output of the stage (DVC caches and restores it), whatever the settings."""
+    files.snapshots.mkdir(exist_ok=True)
     entries, missing = [], []
     for step in range(every, last, every) if every else ():
         path = files.snapshot(step)

@@ -49,9 +49,10 @@ DVC_YAML = (
 )
 
 
-def _share(root):
-    """`dvc repro` in one checkout and `dvc push`; a fresh clone that pulls."""
-    project = make_project(root / "project", CONFIG, dvc=True)
+def _share(root, config=CONFIG):
+    """`dvc repro` in one checkout and `dvc push`; a fresh clone that pulls, after which both
+    tools have nothing to do (Snakemake after the documented `--touch`)."""
+    project = make_project(root / "project", config, dvc=True)
     assert dvc_repro(project)[0] == "settings"
     assert dvc_changed_stages(project) == set()
     dvc(project, "remote", "add", "-d", "storage", str(root / "remote"))
@@ -115,6 +116,21 @@ def test_a_fresh_clone_pulls_every_result_and_both_tools_agree(shared, tmp_path)
     cfg = {**CONFIG, "report": {**CONFIG["report"], "title": "After the pull"}}
     write_config(moved, cfg)
     assert planned_jobs(moved) == {"settings": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_with_snapshots_off_as_by_default_dvc_repro_push_and_pull_leave_nothing_to_do(tmp_path):
+    """The round trip above with train.snapshot_every at the package default, 0: the training
+    stage's snapshots folder is still an output, so `dvc repro` ends, and the clone gets it back
+    (empty) from the cache. FID over training then has no points."""
+    train = {k: v for k, v in CONFIG["train"].items() if k != "snapshot_every"}
+    config = {**CONFIG, "train": {**train, "steps": 4}}
+    _share(tmp_path, config)
+    run = tmp_path / "clone/results/runs/T~20"
+    assert load_config(run.parents[2] / "config/config.yaml").train.snapshot_every == 0
+    assert run.joinpath("snapshots").is_dir() and not any(run.joinpath("snapshots").iterdir())
+    assert json.loads(run.joinpath("snapshots.json").read_text())["snapshots"] == []
+    assert json.loads(run.joinpath("progress.json").read_text())["points"] == []
 
 
 def edit_config(section: str, **values):

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from ddpm.data import preprocess
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
 from ddpm.sampling import generate
-from ddpm.stages import prepare
+from ddpm.stages import BY_NAME, NET, prepare
 from ddpm.train import TrainingError, train
 
 RUN = "T~50"
@@ -313,6 +314,28 @@ def test_snapshots_are_the_ema_weights_at_their_steps_and_survive_a_resume(setup
         read_final(resumed / "snapshots/step_0000005.pt")["ema"],
         read_final(tmp_path / "fresh/snapshots/step_0000005.pt")["ema"],
     )
+
+
+@pytest.mark.parametrize("every", [None, 2], ids=["snapshots off (the default)", "snapshots on"])
+def test_every_output_the_stage_table_declares_exists_after_training(setup, tmp_path, every):
+    """DVC checks every declared output and persisted path of a stage when it runs or commits
+    it, so each must exist whatever the settings: the snapshots folder too, empty without
+    snapshots (`dvc repro` failed on it with the package default, snapshot_every 0)."""
+    config, data = setup
+    overrides = {"train.steps": 4}
+    if every is None:
+        config.write_text(config.read_text().replace("snapshot_every: 0", ""))
+        assert load_config(config).train.snapshot_every == 0, "the package default"
+    else:
+        overrides["train.snapshot_every"] = every
+    run_training(config, data, tmp_path / "run", overrides)
+    stage = BY_NAME["train"]
+    declared = [*stage.outs.values(), *stage.persist.values()]
+    relative = [Path(t).relative_to(str(NET.folder)) for t in declared]
+    missing = [str(p) for p in relative if not (tmp_path / "run" / p).exists()]
+    assert not missing, f"declared but not written: {missing}"
+    made = sorted(p.name for p in (tmp_path / "run/snapshots").iterdir())
+    assert made == ([] if every is None else ["step_0000002.pt"])
 
 
 def test_fewer_steps_than_the_checkpoint_is_a_different_training(setup, tmp_path):
