@@ -476,13 +476,35 @@ def _end_progress_bars() -> None:
 LOG_BAR_INTERVAL_S = 30
 
 
-class _LogLines(io.TextIOBase):
-    """stderr when it is not a terminal (a pipeline job's log file): each redraw of a progress
-    bar (a carriage return, then the bar again) becomes a line of its own, and the blanks with
-    which a bar erases itself are dropped, so the log reads as lines."""
+class _Lines(io.TextIOBase):
+    """stderr as a command writes it, in a terminal: passed on as it is, remembering whether
+    the last character ended a line, so that an error line can start a line of its own
+    whatever a progress bar left (a bar with `leave=False` erases itself with a carriage
+    return, and its line never ends)."""
 
     def __init__(self, stream):
         self.stream, self.at_line_start = stream, True
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+class _LogLines(_Lines):
+    """stderr when it is not a terminal (a pipeline job's log file): each redraw of a progress
+    bar (a carriage return, then the bar again) becomes a line of its own, and the blanks with
+    which a bar erases itself are dropped, so the log reads as lines."""
 
     def write(self, text: str) -> int:
         first, *redraws = text.split("\r")
@@ -497,29 +519,19 @@ class _LogLines(io.TextIOBase):
         self.stream.write("".join(out))
         return len(text)
 
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
 
 @contextlib.contextmanager
-def _progress_as_lines():
-    """Within: progress bars written as lines, one per LOG_BAR_INTERVAL_S, unless stderr is a
-    terminal (then they redraw in place as usual) or TQDM_MININTERVAL is set."""
-    if sys.stderr.isatty():
-        yield
-        return
-    stderr, own_interval = sys.stderr, "TQDM_MININTERVAL" not in os.environ
-    sys.stderr = _LogLines(stderr)
+def _stderr_as_lines():
+    """Within: sys.stderr knows whether a line is open (`_Lines`); when it is not a terminal,
+    progress bars are written as lines, one per LOG_BAR_INTERVAL_S unless TQDM_MININTERVAL is
+    set (in a terminal they redraw in place as usual)."""
+    stderr, tty = sys.stderr, sys.stderr.isatty()
+    own_interval = not tty and "TQDM_MININTERVAL" not in os.environ
+    sys.stderr = _Lines(stderr) if tty else _LogLines(stderr)
     if own_interval:
         os.environ["TQDM_MININTERVAL"] = str(LOG_BAR_INTERVAL_S)
     try:
-        yield
+        yield sys.stderr
     finally:
         sys.stderr.flush()
         sys.stderr = stderr
@@ -535,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # what a launcher starts again
-    with _progress_as_lines():
+    with _stderr_as_lines() as stderr:
         try:
             COMMANDS[args.command].run(args)
             return 0
@@ -554,8 +566,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             code = 130
         _end_progress_bars()
-        # Ctrl-C can land in the middle of a bar's drawing, whose line then has no end: as
-        # click's "Aborted!" does, start on a fresh line.
+        # The error starts a line of its own, after whatever a bar left on the one open. After
+        # Ctrl-C always, as click's "Aborted!" does: the terminal may have echoed ^C there.
         if message is not None:
-            print(("\n" if code == 130 else "") + f"error: {message}", file=sys.stderr)
+            fresh = code == 130 or not stderr.at_line_start
+            print(("\n" if fresh else "") + f"error: {message}", file=sys.stderr)
         return code

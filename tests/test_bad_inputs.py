@@ -2,14 +2,19 @@
 a stage through the command line (`ddpm.cli.main`, what `python -m ddpm` runs) and checks: a
 non-zero exit, one `error:` line naming the culprit, no traceback, and no output left behind."""
 
+import contextlib
+import fcntl
 import http.server
 import io
 import json
 import os
+import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from pathlib import Path
 
@@ -705,6 +710,42 @@ def test_an_error_after_a_bar_left_open_still_starts_its_own_line(tmp_path, caps
         f"error: config file not found: {tmp_path / 'missing.yaml'}"
     ], err
     assert bar.disable, "the bar was closed"
+
+
+def _stderr_of(argv: list, *, terminal: bool) -> str:
+    """What `python -m ddpm ...` writes to stderr, that being a terminal (a pseudo-terminal,
+    whose bars draw and erase themselves in place) or a pipe (as a job's log file)."""
+    cmd = [sys.executable, "-m", "ddpm", *map(str, argv)]
+    if not terminal:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stderr
+    leader, follower = pty.openpty()
+    # 24 rows of 100 columns: a new pseudo-terminal has 0 columns, where tqdm draws nothing
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the command has exited
+        while chunk := os.read(leader, 4096):
+            chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) != 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's line ends
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log"])
+def test_a_failed_download_starts_its_error_line_after_the_bar(fake_flowers, tmp_path, terminal):
+    """The archive's bar is drawn, and erases itself (`leave=False`) without ending its line,
+    when its checksum is found wrong: the error still starts a line, in a terminal and in a
+    log, for a reader or a tool that looks for lines beginning `error:`."""
+    server, md5s = fake_flowers
+    wrong = {**md5s, "102flowers.tgz": "0" * 32}
+    cfg = _config(tmp_path, data={"source": "flowers102", "base_url": server.url, "md5": wrong})
+    err = _stderr_of(["download", "--config", cfg, "--out", tmp_path / "raw"], terminal=terminal)
+    assert "102flowers.tgz:   0%|" in err, f"no bar was drawn: {err!r}"
+    errors = [line for line in err.split("\n") if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: checksum mismatch for 102flowers"), (
+        repr(err)
+    )
 
 
 def _ctrl_c_as_in_a_terminal():
