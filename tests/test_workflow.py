@@ -266,6 +266,16 @@ def test_conda_env_lists_every_runtime_dependency():
     assert not missing, f"workflow/envs/ddpm.yaml lacks {sorted(missing)}"
 
 
+def test_pyproject_reads_without_a_deprecation_warning():
+    """setuptools reads pyproject.toml as `pip install -e .` does, warnings being errors (they
+    are in tests): the licence as a TOML table is deprecated and refused from February 2027."""
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    distribution = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert distribution.metadata.license_expression == "MIT"
+
+
 def test_slurm_profile_parses_and_sizes_the_jobs(tmp_path):
     """The profile as shipped: its options are valid for Snakemake + the SLURM executor plugin
     (a dry run fails on any unknown option) without conda, as README installs it; its per-rule
