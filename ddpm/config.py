@@ -315,6 +315,12 @@ class ReportConfig:
         4, "samples per run matched to their nearest training images", ge=0
     )
     nearest_neighbours: int = setting(3, "training images shown per memorisation sample", ge=1)
+    smallest_effect: float = setting(
+        1.0,
+        "the smallest FID difference that matters: undecided comparisons say what would "
+        "resolve it, and FID over training is flat when it changes less per 10% of training",
+        gt=0.0,
+    )
 
 
 Scalar = str | int | float | bool

@@ -35,7 +35,7 @@ from ddpm.layout import (
 )
 from ddpm.schedules import betas_of, terminal_stats
 from ddpm.stages import plan
-from ddpm.verdict import DISTINGUISHABLE_SIGMAS, Setting, Verdict, assess, compare, headline
+from ddpm.verdict import Setting, Verdict, assess, headline, interval, pm, signed
 
 COLUMNS = [
     "run_id",
@@ -340,11 +340,12 @@ def _as_row(setting: Setting) -> dict:
     }
 
 
-def budgets(settings: list[Setting]) -> dict[int, dict]:
+def budgets(verdict: Verdict) -> dict[int, dict]:
     """For each number of network evaluations per image: the setting with the lowest FID, the
-    runner-up, the margin between them and whether it is within their noise."""
+    runner-up, the margin between them and whether it is within their noise (uncorrected; paired
+    where both are variants of the same networks)."""
     out = {}
-    costed = [s for s in settings if s.runs[0].get("nfe_per_image")]
+    costed = [s for s in verdict.settings if s.runs[0].get("nfe_per_image")]
     for nfe in sorted({s.runs[0]["nfe_per_image"] for s in costed}):
         ranked = sorted(
             (s for s in costed if s.runs[0]["nfe_per_image"] == nfe), key=lambda s: s.mean
@@ -354,7 +355,7 @@ def budgets(settings: list[Setting]) -> dict[int, dict]:
             "best": _as_row(best),
             "second": _as_row(second) if second else None,
             "margin": second.mean - best.mean if second else None,
-            "tied": second is not None and not compare(second, best).distinguishable,
+            "tied": second is not None and not verdict.compare(second, best).called,
         }
     return out
 
@@ -501,6 +502,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _pvalue(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+
+
 def _fmt(value) -> str:
     """Four significant digits; a dash for a value that does not exist."""
     if value is None:
@@ -510,14 +517,26 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _best(rows: list[dict]) -> list[dict]:
-    """The best run by KID and by Inception Score (FID: the verdict, ddpm/verdict.py)."""
+def _best(settings: list[Setting]) -> list[dict]:
+    """The best setting by KID and by Inception Score (FID: the verdict, ddpm/verdict.py): the
+    mean over its seeds ± its standard error (from the seeds' spread; a single run's own ±)."""
     best = []
-    for key, label, better in (("kid_mean", "KID", min), ("is_mean", "Inception Score", max)):
-        scored = [r for r in rows if r.get(key) is not None]
+    for key, label, better in (("kid", "KID", min), ("is", "Inception Score", max)):
+        scored = []
+        for s in settings:
+            values = [r.get(f"{key}_mean") for r in s.runs]
+            if None in values:
+                continue
+            mean = sum(values) / len(values)
+            if len(values) > 1:
+                se = float(np.std(values, ddof=1)) / len(values) ** 0.5
+            else:
+                se = s.runs[0].get(f"{key}_std")
+            scored.append((mean, se, s))
         if scored:
-            r = better(scored, key=lambda r, key=key: r[key])
-            best.append({"metric": label, "run_id": r["run_id"], "value": r[key]})
+            mean, se, s = better(scored, key=lambda found: found[0])
+            seeds = f", mean of {s.n} seeds" if s.n > 1 else ""
+            best.append({"metric": label, "setting": s.label, "value": pm(mean, se) + seeds})
     return best
 
 
@@ -621,20 +640,26 @@ def build_report(
     test_weights = any(r.get("test_weights") for r in rows)
     flower_features = any(r.get("features") == "synthetic-features" for r in rows)
     floor = next((r["floor_fid"] for r in rows if r.get("floor_fid") is not None), None)
-    verdict = assess(rows, cfg.grid, _progress(rows, runs_dir))
+    verdict = assess(
+        rows,
+        cfg.grid,
+        _progress(rows, runs_dir),
+        sampling_axes=plan(cfg).variant_axes,
+        smallest_effect=rc.smallest_effect,
+    )
     rc_progress = cfg.progress
-    leaders = budgets(verdict.settings)
+    leaders = budgets(verdict)
     context = {
         "title": rc.title,
         "rows": rows,
         "failed": [r for r in rows if r["status"] != "ok"],
-        "best": _best(rows),
+        "best": _best(verdict.settings),
         "verdict": verdict,
         "replicates": any(s.n > 1 for s in verdict.settings),
         "progress_sampler": f"{rc_progress.num_images:,} DDIM-{rc_progress.steps}",
         "headline": headline(verdict),
+        "sampling_axes": [a for a in verdict.axes if verdict.strata[a] == "sampling"],
         "networks": _by_network(rows),
-        "sigmas": DISTINGUISHABLE_SIGMAS,
         "floor_fid": floor,
         "budgets": leaders,
         "costs": _training_costs(rows),
@@ -659,6 +684,7 @@ def build_report(
         autoescape=jinja2.select_autoescape(["html", "j2"]),
     )
     env.filters["fmt"] = _fmt
+    env.globals.update(signed=signed, interval=interval, pvalue=_pvalue)
     env.filters["fmt_int"] = lambda v: "—" if v is None else f"{int(v):,}"
     html = env.get_template("report.html.j2").render(**context)
     atomic_write_bytes(out, html.encode())
