@@ -279,7 +279,8 @@ def test_fids_within_their_noise_are_called_indistinguishable(tmp_path):
     metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "fid_std": 5.0}))
     context = build_report(cfg, tmp_path / "runs", tmp_path / "r.html")
     assert context["headline"][0] == (
-        "Lowest FID: T = 20 (60.0 ± 2.0). Not distinguishable from 1 other setting(s): T = 30."
+        "Lowest FID: T = 20 (60.0 ± 2.0). Setting against setting, 1 other(s) are not "
+        "distinguishable from it at the family-wise level: T = 30."
     )
     effects = (tmp_path / "r.html").read_text().split('id="effects"')[1].split("</table>")[0]
     rows = {r.split('data-level="')[1].split('"')[0]: r for r in effects.split("<tr ")[1:]}
@@ -533,7 +534,7 @@ def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
     )
     assert re.search(r"ddim-10 \+1\.\d\d ± 0\.\d\d \(worse, p = [\d.e-]+ family-wise\)", html)
     # The training axes between networks, on the seeds' spread: T = 1000's 10 FID (± 3, t on 4
-    # degrees of freedom) is not enough after the correction for 34 comparisons; the verdict
+    # degrees of freedom) is not enough after the correction for 15 effect tests; the verdict
     # says how many seeds would be.
     assert "<li>T (between networks), against 350, averaged over the other settings: 1000 -9." in (
         verdict_html
@@ -544,8 +545,9 @@ def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
         html,
     )
     assert (
-        "Holm over 34 comparisons: 6 main effects, 9 interaction tests, 19 comparisons with the"
-        " best" in verdict_html
+        "Claims above hold together at 5% family-wise error: Holm over 15 effect tests (6 main"
+        " effects, 9 interaction tests) and the best against 19 other settings (Bonferroni over"
+        " all pairs), each at 2.5%." in verdict_html
     )
     settings = html.split('id="settings"')[1].split("</table>")[0]
     assert settings.count("<tr>") == 21 and "training seeds" in settings
