@@ -46,6 +46,7 @@ report.smallest_effect) is called with POWER at the family's Bonferroni level.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -311,14 +312,14 @@ class _Design:
             )
         return theta, None, None, "none"
 
-    def _matches(self, key: Key, fixed: dict[str, str]) -> bool:
+    def matches(self, key: Key, fixed: dict[str, str]) -> bool:
         values = dict(key)
         return all(values[k] == v for k, v in fixed.items() if k in values)
 
     def effect(self, axis: str, level: str, base: str, at: dict[str, str]):
         """(g, h) of `level` - `base` of `axis`, averaged over the axes `at` does not fix."""
-        settings = {s: ns for s, ns in self.settings.items() if self._matches(s, at)}
-        variants = [w for w in self.variants if self._matches(w, at)]
+        settings = {s: ns for s, ns in self.settings.items() if self.matches(s, at)}
+        variants = [w for w in self.variants if self.matches(w, at)]
         g: dict[str, float] = {}
         h: dict[Key, float] = {}
         if axis in self.train_axes:
@@ -336,7 +337,7 @@ class _Design:
                         g[n] = g.get(n, 0.0) + sign / (len(pairs) * len(ns))
             h = {w: 1.0 / len(variants) for w in variants}
         else:
-            variants = [w for w in self.all_variants if self._matches(w, at)]
+            variants = [w for w in self.all_variants if self.matches(w, at)]
             pairs = [
                 (w, _with(w, axis, base))
                 for w in variants
@@ -400,7 +401,7 @@ class _Design:
         label, base = a.label, b.label
         if ta == tb:
             h = {wa: 1.0, wb: -1.0}
-            g = self._average({s: ns for s, ns in self.settings.items() if self._matches(s, ta)}, h)
+            g = self._average({s: ns for s, ns in self.settings.items() if self.matches(s, ta)}, h)
             found = self.test("best", "", label, base, (), (g, h), one_sided=one_sided)
             if found is not None:
                 return _replace(found, stratum="within networks")
@@ -419,8 +420,6 @@ class _Design:
 
 
 def _replace(test: Test, **changes) -> Test:
-    import dataclasses
-
     return dataclasses.replace(test, **changes)
 
 
@@ -446,7 +445,7 @@ def _settings(design: _Design, rows: list[dict], axes: list[str]) -> list[Settin
     for key, runs in groups.items():
         train = {k: v for k, v in key if k in design.train_axes}
         w = _key({"params": dict(key)}, design.sample_axes)
-        members = {s: ns for s, ns in design.settings.items() if design._matches(s, train)}
+        members = {s: ns for s, ns in design.settings.items() if design.matches(s, train)}
         g = design._average(members, {w: 1.0})
         result = design.evaluate(g, {w: 1.0}) if g else None
         mean = sum(r["fid"] for r in runs) / len(runs)
