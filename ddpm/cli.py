@@ -67,6 +67,12 @@ def cmd_config_docs(args) -> None:
     _write_or_print(config_reference_markdown(), args.out)
 
 
+def cmd_stages_docs(args) -> None:
+    from ddpm.docs import stages_markdown
+
+    _write_or_print(stages_markdown(), args.out)
+
+
 def _write_or_print(text: str, out: str | None) -> None:
     if out:
         check_output_file(out)
@@ -308,6 +314,12 @@ COMMANDS = {
     "config-docs": Command(
         cmd_config_docs,
         "write config/README.md (every key explained)",
+        optional=(("--out", "file to write (default: stdout)"),),
+        kind="",
+    ),
+    "stages-docs": Command(
+        cmd_stages_docs,
+        "write docs/stages.md (what each stage reads, runs and writes, and what reruns it)",
         optional=(("--out", "file to write (default: stdout)"),),
         kind="",
     ),

@@ -1,6 +1,7 @@
 """Documents generated from the config's declarations (`ddpm.config`) and the stage table
-(`ddpm.stages`): the JSON schema Snakemake validates with, and config/README.md, which says for
-every key what it does and what a change to it reruns. Tests keep both files current."""
+(`ddpm.stages`): the JSON schema Snakemake validates with, config/README.md, which says for
+every key what it does and what a change to it reruns, and docs/stages.md, which says for every
+stage what it reads, runs and writes. Tests keep the three files current."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Literal
 import yaml
 
 from ddpm.config import EFFECTS, Config, declaration, describe_type, fields_of
-from ddpm.stages import readers, reruns
+from ddpm.stages import EVERYTHING, STAGES, Stage, read_keys, readers, reruns, settings_name
 
 
 def _schema_of(tp, meta: dict) -> dict:
@@ -124,3 +125,62 @@ def config_reference_markdown() -> str:
         autoescape=False,  # Markdown, not HTML  # noqa: S701
     )
     return env.get_template("config_readme.md.j2").render(sections=sections, effects=EFFECTS)
+
+
+_SCOPES = {
+    "once": "once for the whole grid",
+    "network": "once per trained network (`{network}`)",
+    "variant": "once per sampler variant of a network (`{network}/{variant}`)",
+    "all": "once, over every network and variant",
+}
+
+
+def _paths(paths: dict[str, str]) -> list[str]:
+    return [f"  - {name}: `{template}`" for name, template in paths.items()]
+
+
+def _stage_section(stage: Stage) -> list[str]:
+    when = f", only when `{stage.when[0]}` is `{stage.when[1]}`" if stage.when else ""
+    instance = {"network": "{network}", "variant": "{network}/{variant}"}.get(stage.scope, "")
+    settings = f"{{results}}/settings/{settings_name(stage, instance)}.json"
+    lines = [
+        f"## `{stage.name}`",
+        "",
+        f"Runs {_SCOPES[stage.scope]}{when}: `python -m ddpm {stage.command} --settings "
+        f"{settings} ...`.",
+        "",
+        f"- **Code** (a change to any reruns it): {', '.join(f'`{c}`' for c in stage.code)}",
+        "- **Reads**, besides its settings file:" + ("" if stage.deps else " nothing"),
+        *_paths(stage.deps),
+        "- **Writes**:",
+        *_paths(stage.outs),
+    ]
+    if stage.persist:
+        lines += ["- **Keeps across reruns** (resume state):", *_paths(stage.persist)]
+    if stage.tunes:
+        tuning = ", ".join(f"`{k}`" for k in stage.tunes)
+        lines.append(f"- **Tuning** (cannot change a result; a change reruns nothing): {tuning}")
+    if EVERYTHING in stage.reads:
+        lines += ["", "It reads every setting: a change of any reruns it.", ""]
+        return lines
+    lines += ["", "| setting it reads | a change reruns (bold: read directly) |", "| --- | --- |"]
+    lines += [f"| `{key}` | {_reruns(key)} |" for key in read_keys(stage)]
+    return [*lines, ""]
+
+
+def stages_markdown() -> str:
+    """docs/stages.md: every stage of the table, what it reads, runs and writes, and what a
+    change of each setting it reads reruns."""
+    lines = [
+        "# The stages",
+        "",
+        "Generated from the stage table (`ddpm/stages.py`) by `python -m ddpm stages-docs --out "
+        "docs/stages.md`; a test keeps it current. Snakemake's rules and `dvc.yaml` are derived "
+        "from the same table. Paths are templates: `{results}` is `results_dir`, `{weights}` "
+        "`evaluate.inception_weights`, `{raw}` each file of `data.md5`. A stage's code is its "
+        "entry module's import closure, less the plumbing that cannot change an output.",
+        "",
+    ]
+    for stage in STAGES:
+        lines += _stage_section(stage)
+    return "\n".join(lines).rstrip() + "\n"

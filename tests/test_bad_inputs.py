@@ -617,6 +617,7 @@ def _writers(g: Path, out: Path, fake_flowers_cfg: Path) -> dict[str, list]:
         "dvc-yaml": ["dvc-yaml", "--config", cfg, "--out", out / "dvc.yaml"],
         "schema": ["schema", "--out", out / "config.schema.yaml"],
         "config-docs": ["config-docs", "--out", out / "README.md"],
+        "stages-docs": ["stages-docs", "--out", out / "stages.md"],
         "download": ["download", "--config", fake_flowers_cfg, "--out", out / "raw"],
         "preprocess": ["preprocess", "--config", cfg, "--out", out / "data.npy"],
         "inception-weights": ["inception-weights", "--config", cfg, "--out", out / "w.pth"],

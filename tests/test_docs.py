@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from ddpm.config import ConfigError, config_from_dict, leaf_keys
-from ddpm.docs import config_reference_markdown, schema_yaml
+from ddpm.docs import config_reference_markdown, schema_yaml, stages_markdown
+from ddpm.stages import EVERYTHING, STAGES, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,22 @@ def test_config_readme_is_generated_and_explains_every_key():
     )
     for key in (*leaf_keys(), "grid"):
         assert f"`{key}`" in text, key
+
+
+def test_the_stages_doc_is_generated_from_the_stage_table():
+    """docs/stages.md is current, names every stage with its code, and for every setting a
+    stage reads says what a change reruns."""
+    text = (ROOT / "docs/stages.md").read_text()
+    assert text == stages_markdown(), "run `python -m ddpm stages-docs --out docs/stages.md`"
+    for stage in STAGES:
+        section = text.split(f"## `{stage.name}`\n")[1].split("\n## ")[0]
+        assert f"`{stage.code[0]}`" in section, stage.name
+        if EVERYTHING not in stage.reads:
+            for key in read_keys(stage):
+                assert f"| `{key}` |" in section, (stage.name, key)
+    train = text.split("## `train`\n")[1].split("\n## ")[0]
+    lr = "| `train.lr` | **train**, progress, sample, evaluate, **summary**, **report** |"
+    assert lr in train
 
 
 def _row(text: str, key: str) -> list[str]:
