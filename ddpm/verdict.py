@@ -658,7 +658,8 @@ class Convergence:
         words = {
             "improving": "still improving at the end: the ranking may change with longer training",
             "worse": "getting worse at the end",
-            "flat": f"flat: it rules out changes beyond ± {self.margin:g}",
+            "flat": f"flat: it rules out changes beyond ± {max(-self.low, self.high):.2g} "
+            f"(report.smallest_effect: {self.margin:g})",
             "unclear": f"cannot tell: it includes no change and changes beyond ± {self.margin:g}",
         }[self.state]
         return f"{self.network}: {trend}, {words}."

@@ -300,7 +300,10 @@ def test_convergence_states_and_their_sentences():
         ]
 
     assert convergence("a", line(90, 80, 70, 60)).state == "improving"
-    assert convergence("a", line(60, 60.1, 59.9, 60)).state == "flat"
+    flat = convergence("a", line(60, 60.1, 59.9, 60))
+    assert flat.state == "flat"
+    # it names the smallest change its interval rules out, beside the margin
+    assert flat.sentence.endswith("rules out changes beyond ± 0.088 (report.smallest_effect: 1).")
     assert convergence("a", line(60, 63, 66, 69)).state == "worse"
     assert convergence("a", line(60, 61, 59, 62, std=1.0)).state == "unclear"
     assert convergence("a", line(60, 59)).state == "unknown"
