@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from conftest import ROOT
 
 from ddpm.config import config_from_dict
 from ddpm.data import preprocess
@@ -464,17 +466,13 @@ SWEEP = {
 }
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """The real config's shape with two training seeds: 4 settings x 5 samplers x 2 seeds, from
-    fabricated files. Cosine is 10 better at T = 350 and ties at T = 1000; the seeds differ by 6;
-    fewer sampling steps cost 20 / steps (0.2 to 2), and each FID has its own sampling noise (sd
-    0.3, seeded)."""
-    noise = np.random.default_rng(5)
-    root = tmp_path_factory.mktemp("sweep")
+def fabricate_sweep(root: Path, grid: dict, fid, network_extra=None) -> tuple[Path, dict]:
+    """Every network and sampler variant of `grid`, fabricated, with FID `fid(network params,
+    network evaluations per image)` and a sampling ± of 0.3, and what `network_extra(network,
+    folder)` adds; the report built over them."""
     cfg = config_from_dict(
         {
-            "grid": SWEEP,
+            "grid": grid,
             "data": {"source": "synthetic", "synthetic_count": 24, "image_size": 16},
             "model": {"preset": "tiny"},
             "report": {"grid_images": 9, "memorisation_samples": 2, "nearest_neighbours": 2},
@@ -483,34 +481,61 @@ def sweep(tmp_path_factory):
     the_plan = plan(cfg)
     for i, network in enumerate(the_plan.networks):
         variants = {
-            v.id: v.config.sample.steps
-            if v.config.sample.method == "ddim"
-            else v.config.diffusion.T
+            v.id: v.config.diffusion.T
+            if v.config.sample.method == "ddpm"
+            else v.config.sample.steps
             for v in the_plan.variants
             if v.network == network.id
         }
         fabricate_run(root / "runs" / network.id, i + 1, variants=variants)
-        p = network.params
-        base = 60.0 - (10.0 if (p["schedule"], p["T"]) == ("cosine", 350) else 0.0)
-        base -= 15.0 if p["T"] == 1000 else 0.0
+        if network_extra:
+            network_extra(network, root / "runs" / network.id)
         for variant, nfe in variants.items():
             path = root / "runs" / network.id / variant / "metrics.json"
-            fid = base + 6.0 * p["train.seed"] + 20.0 / min(nfe, 100) + noise.normal(0, 0.3)
-            path.write_text(
-                json.dumps({**json.loads(path.read_text()), "fid": fid, "fid_std": 0.3})
-            )
-        # FID over training: the cosine networks still improve at the end, the linear ones not.
-        last = [70.0, 62.0] if p["schedule"] == "cosine" else [70.0, 69.0]
-        points = [
-            {"step": s, "images_seen": 32 * s, "fid": f, "fid_std": 1.0, "n_images": 100}
-            for s, f in zip((100, 200, 300), [90.0, *last], strict=True)
-        ]
-        progress = {"network": network.id, "points": points}
-        (root / "runs" / network.id / "progress.json").write_text(json.dumps(progress))
+            scores = {"fid": fid(network.params, nfe), "fid_std": 0.3}
+            path.write_text(json.dumps({**json.loads(path.read_text()), **scores}))
     data = root / "data.npy"
     preprocess(cfg.data, data, progress=False)
     out = root / "report.html"
     return out, build_report(cfg, root / "runs", out, data_path=data)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The real config's shape with two training seeds: 4 settings x 5 samplers x 2 seeds, from
+    fabricated files. Cosine is 10 better at T = 350 and ties at T = 1000; the seeds differ by 6;
+    fewer sampling steps cost 20 / steps (0.2 to 2), and each FID has its own sampling noise (sd
+    0.3, seeded). FID over training: the cosine networks still improve at the end."""
+    noise = np.random.default_rng(5)
+    root = tmp_path_factory.mktemp("sweep")
+
+    def fid(p, nfe):
+        base = 60.0 - (10.0 if (p["schedule"], p["T"]) == ("cosine", 350) else 0.0)
+        base -= 15.0 if p["T"] == 1000 else 0.0
+        return base + 6.0 * p["train.seed"] + 20.0 / min(nfe, 100) + noise.normal(0, 0.3)
+
+    def progress(network, folder):
+        last = [70.0, 62.0] if network.params["schedule"] == "cosine" else [70.0, 69.0]
+        points = [
+            {"step": s, "images_seen": 32 * s, "fid": f, "fid_std": 1.0, "n_images": 100}
+            for s, f in zip((100, 200, 300), [90.0, *last], strict=True)
+        ]
+        document = {"network": network.id, "points": points}
+        (folder / "progress.json").write_text(json.dumps(document))
+
+    return fabricate_sweep(root, SWEEP, fid, progress)
+
+
+@pytest.fixture(scope="module")
+def real_config_sweep(tmp_path_factory):
+    """config/config.yaml's own grid (4 networks x 7 samplers, no seeds), fabricated."""
+    grid = yaml.safe_load((ROOT / "config/config.yaml").read_text())["grid"]
+    noise = np.random.default_rng(6)
+
+    def fid(p, nfe):
+        return 40.0 - (5.0 if p["T"] == 1000 else 0.0) + 30.0 / nfe + noise.normal(0, 0.3)
+
+    return fabricate_sweep(tmp_path_factory.mktemp("real"), grid, fid)
 
 
 def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
@@ -563,8 +588,11 @@ def test_a_sweep_with_seeds_is_judged_by_setting(sweep):
 
 
 @pytest.mark.slow
-def test_the_verdict_is_on_the_first_screen_of_a_large_sweep(sweep):
-    out, _ = sweep
+@pytest.mark.parametrize("shape", ["sweep", "real_config_sweep"])
+def test_the_verdict_is_on_the_first_screen_of_a_large_sweep(request, shape):
+    """4 x 5 samplers x 2 seeds, and the real config's grid (7 samplers, no seeds), in a 1400 x
+    900 window: the verdict box ends on the first screen and the effects table fits."""
+    out, _ = request.getfixturevalue(shape)
     browser = _browser("1400,900")
     try:
         browser.get(out.as_uri())
@@ -588,6 +616,6 @@ def test_the_verdict_is_on_the_first_screen_of_a_large_sweep(sweep):
         )
         assert images and all(done and width > 0 for done, width in images), images
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        assert browser.save_screenshot(str(ARTIFACTS / "report-sweep.png"))
+        assert browser.save_screenshot(str(ARTIFACTS / f"report-{shape}.png"))
     finally:
         browser.quit()
