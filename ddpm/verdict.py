@@ -186,7 +186,7 @@ class Verdict:
 
     @property
     def best(self) -> Setting | None:
-        return min(self.settings, key=lambda s: s.mean) if self.settings else None
+        return _lowest(self.settings)
 
     def setting(self, values: dict) -> Setting | None:
         """The setting with these grid values (seeds left out)."""
@@ -312,6 +312,10 @@ class _Design:
             )
         return theta, None, None, "none"
 
+    def sampling_part(self, key: Key) -> Key:
+        """A setting's key without its training axes: the cell of each network it is."""
+        return tuple((k, v) for k, v in key if k in self.sample_axes)
+
     def matches(self, key: Key, fixed: dict[str, str]) -> bool:
         values = dict(key)
         return all(values[k] == v for k, v in fixed.items() if k in values)
@@ -397,7 +401,7 @@ class _Design:
         """a - b for two settings: paired when they share their networks, else between them."""
         ta = {k: v for k, v in a.key if k in self.train_axes}
         tb = {k: v for k, v in b.key if k in self.train_axes}
-        wa, wb = (_key({"params": dict(s.key)}, self.sample_axes) for s in (a, b))
+        wa, wb = self.sampling_part(a.key), self.sampling_part(b.key)
         label, base = a.label, b.label
         if ta == tb:
             h = {wa: 1.0, wb: -1.0}
@@ -444,7 +448,7 @@ def _settings(design: _Design, rows: list[dict], axes: list[str]) -> list[Settin
     out = []
     for key, runs in groups.items():
         train = {k: v for k, v in key if k in design.train_axes}
-        w = _key({"params": dict(key)}, design.sample_axes)
+        w = design.sampling_part(key)
         members = {s: ns for s, ns in design.settings.items() if design.matches(s, train)}
         g = design._average(members, {w: 1.0})
         result = design.evaluate(g, {w: 1.0}) if g else None
@@ -594,10 +598,13 @@ def _against_best(design: _Design, settings: list[Setting]) -> list[Test]:
     chosen by the same data, so a claim that one is worse stands for any of the m (m - 1)
     ordered pairs: Bonferroni over them holds whatever the errors (Hsu's single m - 1 needs
     equal ones, and a paired comparison's is far smaller than one between networks)."""
-    if not settings:
-        return []
-    best = min(settings, key=lambda s: s.mean)
+    best = _lowest(settings)
     return [design.compare(s, best, one_sided=True) for s in settings if s is not best]
+
+
+def _lowest(settings: list[Setting]) -> Setting | None:
+    """The setting with the lowest mean FID: the verdict's best."""
+    return min(settings, key=lambda s: s.mean) if settings else None
 
 
 def _varies_within_networks(rows: list[dict], axis: str) -> bool:
