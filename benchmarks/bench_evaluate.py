@@ -18,8 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import rate, repeat, save, table  # noqa: E402
 
-from ddpm.data import synthetic_dataset  # noqa: E402
-from ddpm.metrics import extract_features, fid, load_inception, make_test_inception  # noqa: E402
+from ddpm.data.synthetic import synthetic_dataset  # noqa: E402
+from ddpm.evaluation.inception import extract_features, load_inception
+from ddpm.evaluation.inception_weights import make_test_inception  # noqa: E402
+from ddpm.evaluation.scores import fid
 
 
 def main() -> None:
@@ -40,8 +42,8 @@ def main() -> None:
         net = load_inception(weights, cpu)
 
         def ours():
-            fa = extract_features(net, a, args.batch, cpu, progress=False)
-            fb = extract_features(net, b, args.batch, cpu, progress=False)
+            fa = extract_features(net, a, args.batch, cpu, bars=False)
+            fb = extract_features(net, b, args.batch, cpu, bars=False)
             return fid(fa["pool"], fb["pool"])
 
         def theirs():

@@ -31,12 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, flops_per_image, matmul_flops, rate, repeat, save, sync_of, table  # noqa: E402
 
-from ddpm.config import config_from_dict  # noqa: E402
-from ddpm.devices import autocast, configure_cuda  # noqa: E402
-from ddpm.metrics import extract_features, load_inception, make_test_inception  # noqa: E402
-from ddpm.model import build, compile_  # noqa: E402
-from ddpm.sampling import ddpm_sample  # noqa: E402
-from ddpm.train import TrainLoop  # noqa: E402
+from ddpm.diffusion.devices import autocast, configure_cuda  # noqa: E402
+from ddpm.diffusion.model import build, compile_  # noqa: E402
+from ddpm.evaluation.inception import extract_features, load_inception
+from ddpm.evaluation.inception_weights import make_test_inception  # noqa: E402
+from ddpm.pipeline.config import config_from_dict  # noqa: E402
+from ddpm.sampling.samplers import ddpm_sample  # noqa: E402
+from ddpm.training.train import TrainLoop  # noqa: E402
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), in FLOP/s; the first name
 # contained in torch.cuda.get_device_name() wins.
@@ -169,7 +170,7 @@ def bench_inception(sizes: dict, device: torch.device) -> dict:
         make_test_inception(weights, calibration_images=8)
         net = load_inception(weights, device)
         timing = repeat(
-            lambda: extract_features(net, images, sizes["inception_batch"], device, progress=False),
+            lambda: extract_features(net, images, sizes["inception_batch"], device, bars=False),
             repeats=3,
             sync=sync_of(device),
         )

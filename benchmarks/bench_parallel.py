@@ -27,8 +27,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table  # noqa: E402
 
-from ddpm.config import load_config  # noqa: E402
-from ddpm.data import preprocess  # noqa: E402
+from ddpm.data.preprocess import preprocess  # noqa: E402
+from ddpm.pipeline.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def main() -> None:
         config = tmp / "config.yaml"
         config.write_text(yaml.safe_dump(raw))
         data = tmp / "data.npy"
-        preprocess(load_config(config).data, data, progress=False)
+        preprocess(load_config(config).data, data, bars=False)
         for n in args.processes:
             rows.append(run(config, data, tmp / f"p{n}", n, args.steps, args.threads))
             print(f"{n} process(es): {rows[-1]['images_per_s']:.0f} images/s", flush=True)

@@ -20,8 +20,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import rate, repeat, save, table  # noqa: E402
 
-from ddpm.config import config_from_dict  # noqa: E402
-from ddpm.data import preprocess, synthetic_flower  # noqa: E402
+from ddpm.data.preprocess import preprocess
+from ddpm.data.synthetic import synthetic_flower  # noqa: E402
+from ddpm.pipeline.config import config_from_dict  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int) -> float:
@@ -74,7 +75,7 @@ def main() -> None:
         cfg = config_from_dict(
             {"data": {"source": "folder", "folder": str(folder), "image_size": args.size}}
         ).data
-        ours = repeat(lambda: preprocess(cfg, Path(tmp) / "out.npy", progress=False), args.repeats)
+        ours = repeat(lambda: preprocess(cfg, Path(tmp) / "out.npy", bars=False), args.repeats)
         peer = repeat(
             lambda: torchvision_loop(folder, Path(tmp) / "peer.npy", args.size), args.repeats
         )

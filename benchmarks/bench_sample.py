@@ -16,10 +16,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import rate, repeat, save, table  # noqa: E402
 
-from ddpm.config import DiffusionConfig, ModelConfig  # noqa: E402
-from ddpm.diffusion import build_diffusion  # noqa: E402
-from ddpm.sampling import ddim_sample, ddpm_sample  # noqa: E402
-from ddpm.unet import build_unet  # noqa: E402
+from ddpm.diffusion.process import build_diffusion  # noqa: E402
+from ddpm.diffusion.unet import build_unet  # noqa: E402
+from ddpm.pipeline.config import DiffusionConfig, ModelConfig  # noqa: E402
+from ddpm.sampling.samplers import ddim_sample, ddpm_sample  # noqa: E402
 
 
 def diffusers_pipeline(model, diffusion, size: int):

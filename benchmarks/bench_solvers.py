@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import repeat, save, table  # noqa: E402
 
-from ddpm.config import DiffusionConfig, ModelConfig  # noqa: E402
-from ddpm.diffusion import build_diffusion  # noqa: E402
-from ddpm.sampling import SampleNoise, chain_timesteps, ddim_sample, dpm_solver_sample  # noqa: E402
-from ddpm.unet import build_unet  # noqa: E402
+from ddpm.diffusion.process import build_diffusion  # noqa: E402
+from ddpm.diffusion.unet import build_unet  # noqa: E402
+from ddpm.pipeline.config import DiffusionConfig, ModelConfig  # noqa: E402
+from ddpm.sampling.samplers import SampleNoise, chain_timesteps, ddim_sample, dpm_solver_sample  # noqa: E402
 
 
 def stand_in(x, t_in):

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import flops_per_image, matmul_flops, rate, repeat, save, table  # noqa: E402
 
-from ddpm.config import ModelConfig  # noqa: E402
-from ddpm.unet import build_unet, count_parameters  # noqa: E402
+from ddpm.diffusion.unet import build_unet, count_parameters  # noqa: E402
+from ddpm.pipeline.config import ModelConfig  # noqa: E402
 
 
 def peers(size: int) -> dict:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from ddpm.errors import PipelineError
-from ddpm.files import atomic_write_bytes, check_output_dir, check_output_file
+from ddpm.plumbing.console import end_progress_bars, stderr_as_lines
+from ddpm.plumbing.errors import PipelineError
+from ddpm.plumbing.files import atomic_write_bytes, check_output_dir, check_output_file
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:
@@ -29,14 +27,14 @@ def _parse_set(items: list[str], flag: str = "--set") -> dict:
 
 
 def _config(args):
-    from ddpm.config import load_config
+    from ddpm.pipeline.config import load_config
 
     return load_config(args.config, _parse_set(args.set))
 
 
 def _job(args, stage_name: str):
     """The config a stage command runs with and its settings document (`stages.load_job`)."""
-    from ddpm.stages import load_job
+    from ddpm.pipeline.stages import load_job
 
     tune = {}
     for item in args.tune:
@@ -56,19 +54,19 @@ def _job(args, stage_name: str):
 
 
 def cmd_schema(args) -> None:
-    from ddpm.docs import schema_yaml
+    from ddpm.pipeline.docs import schema_yaml
 
     _write_or_print(schema_yaml(), args.out)
 
 
 def cmd_config_docs(args) -> None:
-    from ddpm.docs import config_reference_markdown
+    from ddpm.pipeline.docs import config_reference_markdown
 
     _write_or_print(config_reference_markdown(), args.out)
 
 
 def cmd_stages_docs(args) -> None:
-    from ddpm.docs import stages_markdown
+    from ddpm.pipeline.docs import stages_markdown
 
     _write_or_print(stages_markdown(), args.out)
 
@@ -83,8 +81,8 @@ def _write_or_print(text: str, out: str | None) -> None:
 
 def cmd_config(args) -> None:
     """Print the resolved config (of one network or variant, or the base config and the plan)."""
-    from ddpm.config import to_dict
-    from ddpm.stages import plan
+    from ddpm.pipeline.config import to_dict
+    from ddpm.pipeline.stages import plan
 
     cfg = _config(args)
     the_plan = plan(cfg)
@@ -104,7 +102,7 @@ def cmd_config(args) -> None:
 
 
 def cmd_runs(args) -> None:
-    from ddpm.stages import plan
+    from ddpm.pipeline.stages import plan
 
     the_plan = plan(_config(args))
     for variant in the_plan.variants:
@@ -112,12 +110,12 @@ def cmd_runs(args) -> None:
 
 
 def cmd_settings(args) -> None:
-    from ddpm.config import load_config
-    from ddpm.stages import write_all_settings
+    from ddpm.pipeline.config import load_config
+    from ddpm.pipeline.stages import write_all_settings
 
     cfg = load_config(args.config, _parse_set(args.set), layer=args.params)
     if args.dvc_yaml:
-        from ddpm.dvcfile import check_current
+        from ddpm.pipeline.dvcfile import check_current
 
         check_current(args.config, args.dvc_yaml)
     check_output_dir(args.out)
@@ -125,8 +123,17 @@ def cmd_settings(args) -> None:
     print(f"wrote {len(names)} settings files to {args.out}")
 
 
+def cmd_accept_code(args) -> None:
+    from ddpm.pipeline.fingerprints import ACCEPTED
+    from ddpm.pipeline.stages import accept_code
+
+    accepted = args.accepted or ACCEPTED
+    for line in accept_code(_config(args), args.stages.split(","), args.reason, accepted):
+        print(line)
+
+
 def cmd_download(args) -> None:
-    from ddpm.data import download
+    from ddpm.data.download import download
 
     cfg, _ = _job(args, "download")
     download(cfg.data, args.out)
@@ -134,7 +141,7 @@ def cmd_download(args) -> None:
 
 
 def cmd_preprocess(args) -> None:
-    from ddpm.data import preprocess
+    from ddpm.data.preprocess import preprocess
 
     cfg, _ = _job(args, "preprocess")
     manifest = preprocess(cfg.data, args.out, raw_dir=args.raw)
@@ -143,8 +150,10 @@ def cmd_preprocess(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ddpm.distributed import Ranks, launch_training
-    from ddpm.train import train
+    from ddpm.plumbing.launcher import launch_training
+    from ddpm.training.ranks import Ranks
+    from ddpm.training.train import train
+    from ddpm.training.view import TrainingView
 
     cfg, document = _job(args, "train")
     network = document["instance"] or "default"
@@ -160,6 +169,7 @@ def cmd_train(args) -> None:
         args.out,
         identity=document,
         restart_if_changed=args.restart_if_changed,
+        view=TrainingView,
     )
     if not Ranks.from_env().main:
         return
@@ -171,7 +181,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from ddpm.sampling import generate
+    from ddpm.sampling.sample import generate
 
     cfg, document = _job(args, "sample")
     variant = document["instance"] or "default"
@@ -183,7 +193,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_progress(args) -> None:
-    from ddpm.progress import measure
+    from ddpm.evaluation.progress import measure
 
     cfg, document = _job(args, "progress")
     result = measure(
@@ -201,30 +211,13 @@ def cmd_progress(args) -> None:
 
 
 def cmd_inception_weights(args) -> None:
-    from ddpm.features import train_flower_features
-    from ddpm.metrics import fetch_weights, make_test_inception
+    from ddpm.evaluation.inception_weights import make_weights
 
-    ec = _job(args, "inception_weights")[0].evaluate
-    if ec.inception_source == "synthetic":
-        info = train_flower_features(args.out)
-        print(
-            f"{args.out}: flower features, {info['held_out_class_accuracy']:.1%} of held-out "
-            f"flowers' petal colour and count right, trained in {info['seconds']:.0f} s; FIDs "
-            "computed with them rank runs on the synthetic flowers, not comparable with published"
-        )
-    elif ec.inception_source == "test":
-        info = make_test_inception(args.out)
-        print(
-            f"{args.out}: random-weight InceptionV3, sha256 {info['sha256']}; FIDs computed "
-            "with it are not comparable with published numbers"
-        )
-    else:
-        info = fetch_weights(ec.weights_url, args.out, ec.weights_sha256_prefix)
-        print(f"{args.out}: sha256 {info['sha256']}")
+    print(make_weights(_job(args, "inception_weights")[0].evaluate, args.out))
 
 
 def cmd_make_test_inception(args) -> None:
-    from ddpm.metrics import make_test_inception
+    from ddpm.evaluation.inception_weights import make_test_inception
 
     seed = args.seed or 0
     info = make_test_inception(args.out, seed=seed)
@@ -235,7 +228,7 @@ def cmd_make_test_inception(args) -> None:
 
 
 def cmd_reference_stats(args) -> None:
-    from ddpm.metrics import reference_stats
+    from ddpm.evaluation.reference_stats import reference_stats
 
     ec = _job(args, "reference_stats")[0].evaluate
     meta = reference_stats(ec, args.data, args.weights, args.out)
@@ -246,7 +239,7 @@ def cmd_reference_stats(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from ddpm.metrics import evaluate
+    from ddpm.evaluation.evaluate import evaluate
 
     cfg, document = _job(args, "evaluate")
     variant = document["instance"] or None
@@ -260,7 +253,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from ddpm.report import write_summary
+    from ddpm.report.summary import write_summary
 
     rows = write_summary(_job(args, "summary")[0], args.runs, args.out, args.metrics)
     for r in rows:
@@ -270,9 +263,10 @@ def cmd_summary(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from ddpm.report import build_report
+    from ddpm.report.report import build_report
 
-    context = build_report(_job(args, "report")[0], args.runs, args.out, data_path=args.data)
+    cfg = _job(args, "report")[0]
+    context = build_report(cfg, args.runs, args.out, data_path=args.data, accepted=args.accepted)
     failed = len(context["failed"])
     print(
         f"wrote {args.out}: {len(context['rows'])} runs"
@@ -281,7 +275,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_dvc_yaml(args) -> None:
-    from ddpm.dvcfile import PARAMS, render_files
+    from ddpm.pipeline.dvcfile import PARAMS, render_files
 
     if args.set:
         raise PipelineError("dvc-yaml reads the config file as DVC will; --set is not supported")
@@ -337,6 +331,16 @@ COMMANDS = {
             ("--params", "a params file (DVC's params.yaml) whose settings replace the config's"),
             ("--dvc-yaml", "first check that this dvc.yaml was generated from the config"),
         ),
+    ),
+    "accept-code": Command(
+        cmd_accept_code,
+        "accept a code change as result-neutral: the stages keep their results instead of "
+        "rerunning (recorded with who, when and why in config/accepted-code.yaml)",
+        (
+            ("--stages", "the stages whose change to accept, comma-separated (train,sample)"),
+            ("--reason", "why the change cannot alter a result (shown in the report)"),
+        ),
+        (("--accepted", "the file to record it in (default: config/accepted-code.yaml)"),),
     ),
     "download": Command(
         cmd_download,
@@ -419,7 +423,10 @@ COMMANDS = {
         cmd_report,
         "the HTML report comparing every run of the grid",
         (("--runs", "folder holding one folder per network"), ("--out", "HTML file to write")),
-        (("--data", "preprocessed dataset, for the memorisation check"),),
+        (
+            ("--data", "preprocessed dataset, for the memorisation check"),
+            ("--accepted", "the accepted code changes to name (config/accepted-code.yaml)"),
+        ),
         kind="stage",
     ),
     "dvc-yaml": Command(
@@ -475,98 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _end_progress_bars() -> None:
-    """Close every progress bar still open, so that the error line starts a line of its own. A
-    bar is left open when the interrupt lands between its first drawing and the `with` that
-    would close it, and its last drawing ends without a newline."""
-    std = sys.modules.get("tqdm.std")  # no bar was ever drawn without it
-    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
-        bar.close()
-
-
-# A progress bar in a log file draws one line at most this often (and at its start and end).
-LOG_BAR_INTERVAL_S = 30
-
-
-class _Lines(io.TextIOBase):
-    """stderr as a command writes it, in a terminal: passed on as it is, remembering whether
-    the last character ended a line, so that an error line can start a line of its own
-    whatever a progress bar left (a bar with `leave=False` erases itself with a carriage
-    return, and its line never ends)."""
-
-    def __init__(self, stream):
-        self.stream, self.at_line_start = stream, True
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        if text:
-            self.at_line_start = text.endswith("\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-
-class _LogLines(_Lines):
-    """stderr when it is not a terminal (a pipeline job's log file): each redraw of a progress
-    bar (a carriage return, then the bar again) becomes a line of its own, and the blanks with
-    which a bar erases itself are dropped, so the log reads as lines."""
-
-    def write(self, text: str) -> int:
-        first, *redraws = text.split("\r")
-        out = []
-        for i, chunk in enumerate([first, *(r for r in redraws if r.strip())]):
-            if i and not self.at_line_start:
-                out.append("\n")
-                self.at_line_start = True
-            if chunk:
-                out.append(chunk)
-                self.at_line_start = chunk.endswith("\n")
-        self.stream.write("".join(out))
-        return len(text)
-
-
-@contextlib.contextmanager
-def _stderr_as_lines():
-    """Within: sys.stderr knows whether a line is open (`_Lines`); when it is not a terminal,
-    progress bars are written as lines, one per LOG_BAR_INTERVAL_S unless TQDM_MININTERVAL is
-    set (in a terminal they redraw in place as usual)."""
-    stderr, tty = sys.stderr, sys.stderr.isatty()
-    own_interval = not tty and "TQDM_MININTERVAL" not in os.environ
-    sys.stderr = _Lines(stderr) if tty else _LogLines(stderr)
-    if own_interval:
-        os.environ["TQDM_MININTERVAL"] = str(LOG_BAR_INTERVAL_S)
-    try:
-        yield sys.stderr
-    finally:
-        sys.stderr.flush()
-        sys.stderr = stderr
-        if own_interval:
-            os.environ.pop("TQDM_MININTERVAL", None)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can meet ends in one `error:` line and an exit
     code: 2 for a mistake in the input, 1 for a refusal of the operating system (the path and
     the cause named), 128 + N for signal N (130: Ctrl-C). Files being written are removed."""
-    from ddpm.files import describe_os_error
+    from ddpm.plumbing.files import describe_os_error
 
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # what a launcher starts again
-    with _stderr_as_lines() as stderr:
+    with stderr_as_lines() as stderr:
         try:
             COMMANDS[args.command].run(args)
             return 0
         except PipelineError as e:
             message, code = str(e), getattr(e, "exit_code", 2)
             if e.every_process:  # the first process of a data-parallel training says it for all
-                from ddpm.distributed import Ranks
+                from ddpm.training.ranks import Ranks
 
                 message = message if Ranks.from_env().main else None
         except OSError as e:
@@ -577,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 "same command again to redo it."
             )
             code = 130
-        _end_progress_bars()
+        end_progress_bars()
         # The error starts a line of its own, after whatever a bar left on the one open. After
         # Ctrl-C always, as click's "Aborted!" does: the terminal may have echoed ^C there.
         if message is not None:

@@ -319,12 +319,12 @@ def small_disk(path: Path, size_kb: int = 64, *, full: bool = False, read_only: 
 
 def train_network(root: Path, config: dict, network: str, out: Path) -> None:
     """Train `network` of `config` by hand, on the dataset root/data.npy."""
-    from ddpm.config import config_from_dict
-    from ddpm.stages import prepare
-    from ddpm.train import train
+    from ddpm.pipeline.config import config_from_dict
+    from ddpm.pipeline.stages import prepare
+    from ddpm.training.train import train
 
     job_cfg, document = prepare("train", config_from_dict(config), network)
-    train(job_cfg, network, root / "data.npy", out, identity=document, progress=False)
+    train(job_cfg, network, root / "data.npy", out, identity=document, bars=False)
 
 
 # The trained and scored network that the stage tests share: one network, snapshots at step 3
@@ -354,14 +354,15 @@ def scored(tmp_path_factory, worker_id) -> Path:
 def scored_network(root: Path, config: dict, network: str) -> Path:
     """What the stages after training read, made by hand in `root`: config.yaml, data.npy, the
     trained network in run/, random test Inception weights and the reference statistics."""
-    from ddpm.config import config_from_dict
-    from ddpm.data import preprocess
-    from ddpm.metrics import make_test_inception, reference_stats
-    from ddpm.stages import prepare
+    from ddpm.data.preprocess import preprocess
+    from ddpm.evaluation.inception_weights import make_test_inception
+    from ddpm.evaluation.reference_stats import reference_stats
+    from ddpm.pipeline.config import config_from_dict
+    from ddpm.pipeline.stages import prepare
 
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     cfg = config_from_dict(config)
-    preprocess(cfg.data, root / "data.npy", progress=False)
+    preprocess(cfg.data, root / "data.npy", bars=False)
     train_network(root, config, network, root / "run")
     make_test_inception(root / "weights.pth")
     reference_stats(
@@ -369,6 +370,6 @@ def scored_network(root: Path, config: dict, network: str) -> Path:
         root / "data.npy",
         root / "weights.pth",
         root / "reference.pt",
-        progress=False,
+        bars=False,
     )
     return root

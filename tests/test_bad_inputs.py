@@ -26,9 +26,9 @@ from conftest import SCORED_CONFIG, SCORED_NETWORK, small_disk
 from PIL import Image
 
 from ddpm.cli import main
-from ddpm.config import config_from_dict
-from ddpm.data import preprocess
-from ddpm.layout import write_samples
+from ddpm.data.preprocess import preprocess
+from ddpm.pipeline.config import config_from_dict
+from ddpm.pipeline.layout import write_samples
 
 NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
 
@@ -383,7 +383,7 @@ def case_reference_of_too_few_images(g, t):
     cfg = config_from_dict(
         {"data": {"source": "synthetic", "synthetic_count": 3, "image_size": 16}}
     )
-    preprocess(cfg.data, t / "few.npy", progress=False)
+    preprocess(cfg.data, t / "few.npy", bars=False)
     argv, outs = _reference_stats(g, t, data=t / "few.npy")
     return argv, "few.npy holds 3 images", outs
 
@@ -585,6 +585,38 @@ def case_preprocess_out_below_a_file(g, t):
 def case_schema_out_below_a_file(g, t):
     (t / "schemas").write_text("a file")
     return ["schema", "--out", t / "schemas/config.schema.yaml"], "schemas", []
+
+
+def _results_of_older_code(t):
+    """A config whose results were made by other code of `train` than the package's now."""
+    cfg = _config(t, results_dir=str(t / "results"))
+    main(["settings", "--config", str(cfg), "--out", str(t / "results/settings")])
+    path = next((t / "results/settings/train").glob("*.json"))
+    path.write_text(path.read_text().replace('"code": "', '"code": "0'))
+    return cfg
+
+
+def case_accept_code_of_a_stage_that_has_not_run(g, t):
+    cfg = _config(t, results_dir=str(t / "results"))
+    argv = ["accept-code", "--config", cfg, "--stages", "train", "--reason", "renamed"]
+    return [*argv, "--accepted", t / "a.yaml"], "has not run", [t / "a.yaml"]
+
+
+def case_accept_code_of_an_unknown_stage(g, t):
+    argv = ["accept-code", "--config", _results_of_older_code(t), "--stages", "trian"]
+    return [*argv, "--reason", "renamed", "--accepted", t / "a.yaml"], "trian", [t / "a.yaml"]
+
+
+def case_accept_code_without_a_reason(g, t):
+    argv = ["accept-code", "--config", _results_of_older_code(t), "--stages", "train"]
+    return [*argv, "--reason", " ", "--accepted", t / "a.yaml"], "--reason", [t / "a.yaml"]
+
+
+def case_accept_code_into_a_file_where_a_folder_should_be(g, t):
+    (t / "config").write_text("a file, not a folder")
+    argv = ["accept-code", "--config", _results_of_older_code(t), "--stages", "train"]
+    ledger = t / "config/accepted-code.yaml"
+    return [*argv, "--reason", "renamed", "--accepted", ledger], str(ledger), []
 
 
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpm.config import (
+from ddpm.pipeline.config import (
     Config,
     ConfigError,
     config_from_dict,

@@ -10,17 +10,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from ddpm.config import config_from_dict
-from ddpm.data import (
-    _decode_reduced,
-    download,
-    load_square,
-    preprocess,
-    safe_extract,
-    synthetic_dataset,
-)
-from ddpm.dataset import DataError, load_dataset
-from ddpm.layout import manifest_path
+from ddpm.data.dataset import load_dataset
+from ddpm.data.decode import _decode_reduced, load_square
+from ddpm.data.download import download, safe_extract
+from ddpm.data.preprocess import preprocess
+from ddpm.data.synthetic import synthetic_dataset
+from ddpm.pipeline.config import config_from_dict
+from ddpm.pipeline.layout import manifest_path
+from ddpm.plumbing.errors import DataError
 
 
 def data_cfg(**data):
@@ -76,7 +73,7 @@ def test_checksum_mismatch_fails_and_leaves_nothing(fake_flowers, tmp_path):
     server, md5s = fake_flowers
     wrong = dict(md5s, **{"setid.mat": "0" * 32})
     with pytest.raises(DataError) as e:
-        download(data_cfg(base_url=server.url, md5=wrong), tmp_path / "raw", progress=False)
+        download(data_cfg(base_url=server.url, md5=wrong), tmp_path / "raw", bars=False)
     msg = str(e.value)
     assert "setid.mat" in msg and "0" * 32 in msg and md5s["setid.mat"] in msg
     assert not [p for p in (tmp_path / "raw").iterdir() if "setid" in p.name]
@@ -87,12 +84,12 @@ def test_dropped_connection_leaves_nothing_complete_and_a_rerun_succeeds(fake_fl
     cfg = data_cfg(base_url=server.url, md5=md5s)
     server.drops["102flowers.tgz"] = 3
     with pytest.raises(DataError, match="102flowers.tgz"):
-        download(cfg, tmp_path / "raw", retries=1, backoff_s=0.0, progress=False)
+        download(cfg, tmp_path / "raw", retries=1, backoff_s=0.0, bars=False)
     names = [p.name for p in (tmp_path / "raw").iterdir()]
     assert "102flowers.tgz" not in names and not [n for n in names if n.endswith(".part")]
     assert "jpg" not in names
     # one more dropped request, then the retry gets through
-    download(cfg, tmp_path / "raw", retries=2, backoff_s=0.0, progress=False)
+    download(cfg, tmp_path / "raw", retries=2, backoff_s=0.0, bars=False)
     assert len(list((tmp_path / "raw/jpg").glob("*.jpg"))) == 12
 
 
@@ -126,13 +123,13 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
         preprocess(
             data_cfg(source="folder", folder=str(folder), image_size=8),
             tmp_path / "d.npy",
-            progress=False,
+            bars=False,
         )
     assert not (tmp_path / "d.npy").exists() and not list(tmp_path.glob(".d.npy*"))
     manifest = preprocess(
         data_cfg(source="folder", folder=str(folder), image_size=8, skip_corrupt=True),
         tmp_path / "d.npy",
-        progress=False,
+        bars=False,
     )
     assert manifest["count"] == 5 and len(manifest["skipped"]) == 1
     assert manifest["skipped"][0]["file"].endswith("bad.jpg")
@@ -152,7 +149,7 @@ def test_synthetic_is_deterministic_per_seed():
 def test_loader_detects_a_changed_file(tmp_path):
     out = tmp_path / "syn.npy"
     manifest = preprocess(
-        data_cfg(source="synthetic", synthetic_count=6, image_size=16), out, progress=False
+        data_cfg(source="synthetic", synthetic_count=6, image_size=16), out, bars=False
     )
     images, loaded = load_dataset(out)
     assert loaded == manifest and tuple(images.shape) == (6, 3, 16, 16)
@@ -207,7 +204,7 @@ def test_worker_processes_write_the_same_file_as_one_process(tmp_path):
                 workers=workers,
             ),
             tmp_path / f"w{workers}.npy",
-            progress=False,
+            bars=False,
         )
     one, two = manifests[1], manifests[2]
     assert one["count"] == two["count"] == 70
@@ -222,25 +219,25 @@ def test_worker_processes_write_the_same_file_as_one_process(tmp_path):
 def test_worker_failure_is_reported_and_leaves_no_file(tmp_path, monkeypatch):
     """An unreadable image found by a worker names the file; a worker killed by its decoder
     (here: exits) is reported instead of producing a tensor with a hole in it."""
-    import ddpm.data
+    import ddpm.data.decode
 
     folder = tmp_path / "imgs"
     mixed_folder(folder)
     cfg = data_cfg(source="folder", folder=str(folder), image_size=16, workers=2)
     with pytest.raises(DataError, match="broken.jpg"):
-        preprocess(cfg, tmp_path / "d.npy", progress=False)
+        preprocess(cfg, tmp_path / "d.npy", bars=False)
     (folder / "a/broken.jpg").unlink()
 
-    real = ddpm.data.load_square
+    real = ddpm.data.decode.load_square
 
     def crash_on_7(path, size, resample):
         if path.name == "7.jpg":
             os._exit(7)
         return real(path, size, resample)
 
-    monkeypatch.setattr(ddpm.data, "load_square", crash_on_7)
+    monkeypatch.setattr(ddpm.data.decode, "load_square", crash_on_7)
     with pytest.raises(DataError, match="exit code 7"):
-        preprocess(cfg, tmp_path / "d.npy", progress=False)
+        preprocess(cfg, tmp_path / "d.npy", bars=False)
     assert not list(tmp_path.glob("*d.npy*"))
 
 
@@ -287,7 +284,7 @@ def test_resize_filter_is_recorded_and_used(tmp_path):
         manifest = preprocess(
             data_cfg(source="folder", folder=str(folder), image_size=8, resample=resample),
             tmp_path / f"{resample}.npy",
-            progress=False,
+            bars=False,
         )
         assert resample in manifest["preprocessing"]["resize"]
         files[resample] = np.load(tmp_path / f"{resample}.npy").astype(int)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ddpm import devices
+from ddpm.plumbing import gpus as devices
 
 
 @pytest.fixture
@@ -41,7 +41,8 @@ def test_a_claim_waits_while_another_process_holds_the_card(locks):
     the card as soon as the holder has ended (however slowly either starts)."""
     env = {**os.environ, "DDPM_GPU_LOCK_DIR": str(locks)}
     code = (
-        "import sys; from ddpm import devices; devices.claim_gpu(['GPU-1111aaaa'], poll_s=0.1); "
+        "import sys; from ddpm.plumbing import gpus as devices; "
+        "devices.claim_gpu(['GPU-1111aaaa'], poll_s=0.1); "
         "print('claimed', flush=True); sys.stdin.readline()"
     )
 
@@ -82,7 +83,8 @@ def test_a_multi_gpu_claim_takes_all_its_cards_or_holds_none_while_it_waits(lock
     assert devices.claim_gpu(cards) == 0  # another job holds the first card
     held = [devices._held_locks[-1]]
     code = (
-        f"import sys; from ddpm import devices; print(devices.claim_gpus({cards!r}, 2, "
+        "import sys; from ddpm.plumbing import gpus as devices; "
+        f"print(devices.claim_gpus({cards!r}, 2, "
         "poll_s=0.1), flush=True); sys.stdin.readline()"
     )
     env = {**os.environ, "DDPM_GPU_LOCK_DIR": str(locks)}

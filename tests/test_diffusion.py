@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.schedules import make_betas
+from ddpm.diffusion.process import GaussianDiffusion
+from ddpm.diffusion.schedules import make_betas
 
 
 def make(objective="eps", **kw):

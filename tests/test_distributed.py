@@ -14,9 +14,9 @@ import yaml
 from conftest import ENV
 from test_train import RUN, run_training, train_cmd, write_config
 
-from ddpm.config import ConfigError, config_from_dict, load_config
-from ddpm.data import preprocess
-from ddpm.layout import read_checkpoint, read_final, read_log
+from ddpm.data.preprocess import preprocess
+from ddpm.pipeline.config import ConfigError, config_from_dict, load_config
+from ddpm.pipeline.layout import read_checkpoint, read_final, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     config = write_config(root / "c.yaml")
     data = root / "data.npy"
-    preprocess(load_config(config).data, data, progress=False)
+    preprocess(load_config(config).data, data, bars=False)
     return config, data
 
 

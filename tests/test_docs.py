@@ -6,9 +6,9 @@ import jsonschema
 import pytest
 import yaml
 
-from ddpm.config import ConfigError, config_from_dict, leaf_keys
-from ddpm.docs import config_reference_markdown, schema_yaml, stages_markdown
-from ddpm.stages import EVERYTHING, STAGES, read_keys
+from ddpm.pipeline.config import ConfigError, config_from_dict, leaf_keys
+from ddpm.pipeline.docs import config_reference_markdown, schema_yaml, stages_markdown
+from ddpm.pipeline.stages import EVERYTHING, STAGES, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,13 +97,16 @@ def test_config_readme_says_what_a_change_to_each_key_reruns(key, reruns):
     assert _row(config_reference_markdown(), key)[-1] == reruns
 
 
-def test_the_readme_module_table_names_every_module():
-    """A newcomer finds a behaviour from README's table of modules: each has its row."""
-    rows = [
-        line
+def test_the_readme_folder_map_names_every_folder_and_stage_entry():
+    """A newcomer finds a behaviour from README's map: each folder of the package has its row,
+    with the entry modules of the stages it holds."""
+    rows = {
+        cells[1].strip(" `"): cells[3]
         for line in (ROOT / "README.md").read_text().splitlines()
-        if line.startswith("| `ddpm/")
-    ]
-    listed = {name for row in rows for name in row.split("|")[1].replace("`", "").split(", ")}
-    modules = {f"ddpm/{p.name}" for p in (ROOT / "ddpm").glob("*.py") if p.name != "__init__.py"}
-    assert modules - {name.strip() for name in listed} == set()
+        if line.startswith("| `ddpm/") and (cells := line.split("|"))
+    }
+    folders = {f"ddpm/{p.name}/" for p in (ROOT / "ddpm").iterdir() if (p / "__init__.py").exists()}
+    assert folders <= set(rows)
+    for stage in STAGES:
+        folder, entry = stage.entry.split("/")
+        assert f"`{entry}`" in rows[f"ddpm/{folder}/"], stage.name

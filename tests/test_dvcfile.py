@@ -18,7 +18,7 @@ from conftest import (
     write_config,
 )
 
-from ddpm.dvcfile import render_files
+from ddpm.pipeline.dvcfile import render_files
 
 
 def test_dvc_yaml_and_params_are_generated_from_the_config(monkeypatch):

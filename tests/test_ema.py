@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpm.ema import EMA
+from ddpm.training.ema import EMA
 
 
 def test_ema_follows_the_closed_form_with_warmup():

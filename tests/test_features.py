@@ -8,19 +8,16 @@ import pytest
 import torch
 from conftest import built_once
 
-from ddpm.config import ConfigError, config_from_dict
-from ddpm.data import preprocess, synthetic_dataset
-from ddpm.features import CLASSES, KIND, flower_targets, load_flower_features, train_flower_features
-from ddpm.layout import weights_sidecar
-from ddpm.metrics import (
-    MetricsError,
-    evaluate,
-    extract_features,
-    fid,
-    fid_spread,
-    load_inception,
-    reference_stats,
-)
+from ddpm.data.preprocess import preprocess
+from ddpm.data.synthetic import synthetic_dataset
+from ddpm.evaluation.evaluate import evaluate
+from ddpm.evaluation.features import KIND, load_flower_features
+from ddpm.evaluation.inception import MetricsError, extract_features, load_inception
+from ddpm.evaluation.inception_weights import CLASSES, flower_targets, train_flower_features
+from ddpm.evaluation.reference_stats import reference_stats
+from ddpm.evaluation.scores import fid, fid_spread
+from ddpm.pipeline.config import ConfigError, config_from_dict
+from ddpm.pipeline.layout import weights_sidecar
 
 CPU = torch.device("cpu")
 
@@ -32,7 +29,7 @@ def weights(tmp_path_factory, worker_id):
     it again."""
 
     def build(root):
-        train_flower_features(root / "flower-features.pt", progress=False)
+        train_flower_features(root / "flower-features.pt", bars=False)
 
     path = built_once(tmp_path_factory, worker_id, "flower-features", build) / "flower-features.pt"
     return path, json.loads(weights_sidecar(path).read_text())
@@ -51,7 +48,7 @@ def _blurred(images: np.ndarray) -> np.ndarray:
 
 def _features(weights, images: np.ndarray) -> torch.Tensor:
     net = load_inception(weights, CPU)
-    return extract_features(net, torch.from_numpy(images), 128, CPU, progress=False)["pool"]
+    return extract_features(net, torch.from_numpy(images), 128, CPU, bars=False)["pool"]
 
 
 @pytest.mark.slow
@@ -98,16 +95,20 @@ def test_flower_features_evaluate_like_inception_weights(weights, tmp_path):
             "evaluate": {"device": "cpu", "inception_source": "synthetic", "kid_subset_size": 50},
         }
     )
-    preprocess(cfg.data, data, progress=False)
+    preprocess(cfg.data, data, bars=False)
     cfg = cfg.evaluate
     ref = tmp_path / "ref.pt"
-    reference_stats(cfg, data, path, ref, progress=False)
+    reference_stats(cfg, data, path, ref, bars=False)
     samples = tmp_path / "samples.npz"
     np.savez(samples, images=flower_targets(6, 80)[0])
-    m = evaluate(cfg, samples, ref, path, tmp_path / "m", progress=False)
+    m = evaluate(cfg, samples, ref, path, tmp_path / "m", bars=False)
     assert m["features"] == KIND and m["test_weights"] is False
     assert m["fid_reliable"] is True  # 80 and 100 images > 64 feature dimensions
-    assert m["fid"] > 0 and m["fid_std"] > 0 and m["feature_extractor"].startswith("ddpm.features")
+    assert (
+        m["fid"] > 0
+        and m["fid_std"] > 0
+        and m["feature_extractor"].startswith("ddpm.evaluation.features")
+    )
 
 
 def test_flower_features_are_refused_for_real_data():

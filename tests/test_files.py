@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from conftest import small_disk
 
-from ddpm.files import (
+from ddpm.plumbing.files import (
     FileSystemError,
     atomic_path,
     atomic_write_bytes,

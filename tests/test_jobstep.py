@@ -12,7 +12,7 @@ import textwrap
 
 from conftest import ENV, ROOT
 
-from ddpm import jobstep
+from ddpm.plumbing import jobstep
 
 CHILD = """
 import signal, sys, time
@@ -27,7 +27,7 @@ print("child: never signalled", flush=True)
 
 PARENT = """
 import signal, subprocess, sys
-from ddpm import jobstep
+from ddpm.plumbing import jobstep
 forwarding = {forward} and jobstep.forward_termination()
 # Like Snakemake's scheduler: note the signal, keep waiting for the running job.
 signal.signal(signal.SIGTERM, lambda signum, frame: print("parent: SIGTERM", flush=True))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import stages
-from ddpm.config import Config
-from ddpm.layout import (
+from ddpm.pipeline import stages
+from ddpm.pipeline.config import Config
+from ddpm.pipeline.layout import (
     ArtefactError,
     NetworkFiles,
     PipelineFiles,
@@ -40,8 +40,8 @@ def test_samples_are_uint8_and_float_samples_are_refused_not_guessed(tmp_path):
 
 
 def test_every_file_the_stage_table_names_comes_from_the_layout():
-    """The stage table's templates are the layout's names: a file renamed in ddpm/layout.py is
-    renamed for Snakemake, DVC, the writers and the report at once."""
+    """The stage table's templates are the layout's names: a file renamed in
+    ddpm/pipeline/layout.py is renamed for Snakemake, DVC, the writers and the report at once."""
     cfg = Config()
     runs = PipelineFiles(Path(cfg.results_dir)).runs
     net, var = NetworkFiles(runs / "N"), VariantFiles(runs / "N" / "V")

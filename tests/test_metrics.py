@@ -7,20 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import metrics
-from ddpm.config import config_from_dict
-from ddpm.data import preprocess, synthetic_dataset
-from ddpm.layout import ArtefactError
-from ddpm.metrics import (
-    MetricsError,
-    RealStats,
-    evaluate,
-    extract_features,
-    fid,
-    fid_spread,
-    load_inception,
-    reference_stats,
-)
+from ddpm.data.preprocess import preprocess
+from ddpm.data.synthetic import synthetic_dataset
+from ddpm.evaluation import evaluate as evaluate_stage
+from ddpm.evaluation import inception, scores
+from ddpm.evaluation import reference_stats as reference_stage
+from ddpm.evaluation.evaluate import evaluate
+from ddpm.evaluation.inception import MetricsError, extract_features, load_inception
+from ddpm.evaluation.reference_stats import reference_stats
+from ddpm.evaluation.scores import RealStats, fid, fid_spread
+from ddpm.pipeline.config import config_from_dict
+from ddpm.pipeline.layout import ArtefactError
 
 CPU = torch.device("cpu")
 
@@ -56,11 +53,11 @@ def flowers(n, seed):
 
 
 def test_test_weights_give_varying_features_and_sensible_distances(net):
-    a = extract_features(net, flowers(16, 0), 16, CPU, progress=False)["pool"]
-    b = extract_features(net, flowers(16, 1), 16, CPU, progress=False)["pool"]
+    a = extract_features(net, flowers(16, 0), 16, CPU, bars=False)["pool"]
+    b = extract_features(net, flowers(16, 1), 16, CPU, bars=False)["pool"]
     stripes = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
     stripes[:, :, ::2] = 255
-    c = extract_features(net, stripes, 16, CPU, progress=False)["pool"]
+    c = extract_features(net, stripes, 16, CPU, bars=False)["pool"]
     assert a.shape == (16, 2048)
     assert (a.std(0) / a.abs().mean()).mean() > 0.1, "features must vary across images"
     same, other, far = fid(a, a), fid(a, b), fid(a, c)
@@ -70,9 +67,9 @@ def test_test_weights_give_varying_features_and_sensible_distances(net):
 
 def test_one_is_split_has_no_spread_rather_than_nan():
     logits = torch.randn(16, 1008, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    mean, std = metrics.inception_score(logits, splits=1, seed=0)
+    mean, std = scores.inception_score(logits, splits=1, seed=0)
     assert mean >= 1.0 and std is None
-    assert metrics.inception_score(logits, splits=4, seed=0)[1] > 0
+    assert scores.inception_score(logits, splits=4, seed=0)[1] > 0
 
 
 @pytest.fixture
@@ -84,30 +81,31 @@ def dataset(tmp_path):
             "model": {"preset": "tiny"},
         }
     ).data
-    preprocess(cfg, path, progress=False)
+    preprocess(cfg, path, bars=False)
     return path
 
 
 def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monkeypatch):
     seen = []
-    real_extract = metrics.extract_features
+    real_extract = inception.extract_features
 
     def counting(net, images, *args, **kwargs):
         seen.append(len(images))
         return real_extract(net, images, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "extract_features", counting)
+    for stage in (reference_stage, evaluate_stage):  # each stage's module calls it
+        monkeypatch.setattr(stage, "extract_features", counting)
     cfg = eval_cfg()
     ref = tmp_path / "ref.pt"
-    meta = reference_stats(cfg, dataset, weights, ref, progress=False)
+    meta = reference_stats(cfg, dataset, weights, ref, bars=False)
     assert seen == [20] and meta["n_real"] == 20 and meta["floor"]["n_per_half"] == 10
-    reference_stats(cfg, dataset, weights, ref, progress=False)
+    reference_stats(cfg, dataset, weights, ref, bars=False)
     assert seen == [20], "an up-to-date reference is not recomputed"
 
     samples = tmp_path / "samples.npz"
     np.savez(samples, images=flowers(12, 5).numpy())
     for i in range(2):
-        m = evaluate(cfg, samples, ref, weights, tmp_path / f"m{i}", progress=False)
+        m = evaluate(cfg, samples, ref, weights, tmp_path / f"m{i}", bars=False)
     assert seen == [20, 12, 12], "evaluation extracts features of the samples only"
     assert m["n_generated"] == 12 and m["n_real"] == 20 and m["fid_reliable"] is False
     assert "2048" in m["fid_note"] and m["test_weights"] is True
@@ -139,7 +137,7 @@ def test_wrong_or_missing_inputs_fail_clearly(dataset, weights, tmp_path):
     with pytest.raises(MetricsError, match="reference-stats"):
         evaluate(cfg, tmp_path / "s.npz", tmp_path / "missing.pt", weights, tmp_path / "m")
     ref = tmp_path / "ref.pt"
-    reference_stats(cfg, dataset, weights, ref, progress=False)
+    reference_stats(cfg, dataset, weights, ref, bars=False)
     with pytest.raises(ArtefactError, match="python -m ddpm sample"):
         evaluate(cfg, tmp_path / "missing.npz", ref, weights, tmp_path / "m")
 
@@ -150,7 +148,7 @@ def test_a_scoring_job_loads_torch_fidelitys_inception_without_the_rest_of_it(we
     package still works and has the very same class."""
     script = f"""
 import sys, torch
-from ddpm.metrics import load_inception
+from ddpm.evaluation.inception import load_inception
 net = load_inception({str(weights)!r}, torch.device("cpu"))
 print(sorted(m for m in ("torchvision", "torch_fidelity") if m in sys.modules))
 import torch_fidelity as tf
@@ -173,10 +171,10 @@ def test_kid_and_is_agree_with_torch_fidelity(net, weights):
 
     n = 16  # 4 x 16 Inception passes at 299 px (ours and torch-fidelity's, for each set)
     a, b = flowers(n, 0), flowers(n, 1)
-    fa = extract_features(net, a, n, CPU, progress=False)
-    fb = extract_features(net, b, n, CPU, progress=False)
-    ours_is, _ = metrics.inception_score(fb["logits"], splits=1, seed=0)
-    ours_kid, _, size = metrics.kid(fa["pool"], fb["pool"], n, 2, seed=0)
+    fa = extract_features(net, a, n, CPU, bars=False)
+    fb = extract_features(net, b, n, CPU, bars=False)
+    ours_is, _ = scores.inception_score(fb["logits"], splits=1, seed=0)
+    ours_kid, _, size = scores.kid(fa["pool"], fb["pool"], n, 2, seed=0)
     theirs = torch_fidelity.calculate_metrics(
         # torch-fidelity takes a Dataset of uint8 3 x H x W images: a Subset of the tensor
         input1=torch.utils.data.Subset(b, range(len(b))),
@@ -226,20 +224,20 @@ def test_kid_and_is_give_their_known_values():
     distribution is about 0 and grows with a shift, and its subsets are seeded."""
     certain = torch.full((40, 10), -50.0, dtype=torch.float64)
     certain[torch.arange(40), torch.arange(40) % 4] = 50.0
-    assert metrics.inception_score(certain, splits=1, seed=0) == (pytest.approx(4.0), None)
+    assert scores.inception_score(certain, splits=1, seed=0) == (pytest.approx(4.0), None)
     one = torch.zeros(40, 10, dtype=torch.float64)
     one[:, 3] = 50.0
-    mean, std = metrics.inception_score(one, splits=4, seed=0)
+    mean, std = scores.inception_score(one, splits=4, seed=0)
     assert mean == pytest.approx(1.0) and std == pytest.approx(0.0, abs=1e-12)
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
-    same, same_std, size = metrics.kid(x, y, 100, 20, seed=1)
-    shifted = metrics.kid(x, y + 1.0, 100, 20, seed=1)[0]
+    same, same_std, size = scores.kid(x, y, 100, 20, seed=1)
+    shifted = scores.kid(x, y + 1.0, 100, 20, seed=1)[0]
     assert size == 100 and abs(same) < 3 * same_std / 20**0.5 + 1e-3
     assert shifted > 10 * abs(same) and shifted > 0
-    assert metrics.kid(x, y, 100, 20, seed=1) == (same, same_std, size)
-    assert metrics.kid(x, y, 1000, 2, seed=1)[2] == 300, "capped at the images there are"
+    assert scores.kid(x, y, 100, 20, seed=1) == (same, same_std, size)
+    assert scores.kid(x, y, 1000, 2, seed=1)[2] == 300, "capped at the images there are"
 
 
 def test_fid_spread_is_the_sampling_noise_of_the_generated_set():
@@ -268,7 +266,7 @@ def test_fetch_weights_verifies_the_checksum(tmp_path):
 
     from conftest import FileServer
 
-    from ddpm.metrics import fetch_weights
+    from ddpm.evaluation.inception_weights import fetch_weights
 
     served = tmp_path / "served"
     served.mkdir()

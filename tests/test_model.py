@@ -3,8 +3,8 @@ torch.compile (through its `eager` backend; inductor itself is run in test_train
 
 import torch
 
-from ddpm.config import DiffusionConfig, ModelConfig
-from ddpm.model import build, compile_, wants_compile
+from ddpm.diffusion.model import build, compile_, wants_compile
+from ddpm.pipeline.config import DiffusionConfig, ModelConfig
 
 CPU = torch.device("cpu")
 BATCH = 8  # the tiny training config's batch, so test_train's compiled run reuses this compile

@@ -33,8 +33,8 @@ from conftest import (
     write_config,
 )
 
-from ddpm.config import load_config
-from ddpm.stages import STAGES, read_keys
+from ddpm.pipeline.config import load_config
+from ddpm.pipeline.stages import STAGES, read_keys
 
 CONFIG = {**TINY, "grid": {"T": [20]}}
 DVC_YAML = (
@@ -156,10 +156,13 @@ def edit_config(section: str, **values):
     return apply
 
 
-def edit_code(path: str):
+def edit_code(path: str, text: str = "_EDITED = True  # code that runs\n"):
+    """Append `text` to a package file: by default a statement, which changes what the code
+    does to a fingerprint (a comment would not)."""
+
     def apply(project, tool):
         with open(project / path, "a") as f:
-            f.write("# an edit\n")
+            f.write(text)
         return set()
 
     return apply
@@ -247,15 +250,41 @@ CASES = {
         {"settings", "report"},
         ("dvc",),
     ),
-    # A comment in the network's code: training, sampling and progress rerun. Their results
-    # are byte-identical but for progress.json's timing, and DVC compares content, so under DVC
+    # The network's code: training, sampling and progress rerun. Their results are
+    # byte-identical but for progress.json's timing, and DVC compares content, so under DVC
     # evaluation is not repeated (Snakemake runs what follows a rerun job in the same
     # invocation).
     "code of the network": (
-        edit_code("ddpm/unet.py"),
+        edit_code("ddpm/diffusion/unet.py"),
         {"settings": 3, "train": 1, **AFTER_TRAINING},
         {"settings", "train", "progress", "sample", "summary", "report"},
         BOTH,
+    ),
+    # A comment changes no fingerprint: nothing reruns (DVC reruns its settings stage, which
+    # reads the package's files, and it writes the same settings files).
+    "a comment in the network's code": (
+        edit_code("ddpm/diffusion/unet.py", "# a comment for readers\n"),
+        {},
+        {"settings"},
+        BOTH,
+    ),
+    # Code that no stage runs, and code of one stage that another does not run: planned only
+    # (DVC lists what follows a rerun stage after that stage has run).
+    # (DVC: not even its settings stage, whose code does not include them either.)
+    "the GPU lock": (edit_code("ddpm/plumbing/gpus.py"), {}, set(), ()),
+    "the torchrun launcher": (edit_code("ddpm/plumbing/launcher.py"), {}, set(), ()),
+    "the live view of training": (edit_code("ddpm/training/view.py"), {}, set(), ()),
+    "the sample stage's summary": (
+        edit_code("ddpm/sampling/sample.py"),
+        {"settings": 1, "sample": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1},
+        {"settings", "sample"},
+        (),
+    ),
+    "the evaluate stage's record": (
+        edit_code("ddpm/evaluation/evaluate.py"),
+        {"settings": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1},
+        {"settings", "evaluate"},
+        (),
     ),
     "data.workers (cannot change a result)": (
         edit_config("data", workers=1),
@@ -336,8 +365,9 @@ def test_dvc_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
     edited = edit(project, "dvc")
     # DVC names the stages whose declared params changed; one network: DVC names its matrix
     # stages train@20, sample@20, evaluate@20
-    assert networkless(dvc_changed_stages(project)) == {"settings"} | readers(edited)
-    if "dvc" not in runs:  # the settings stage alone: DVC then lists what it would rerun
+    changed = networkless(dvc_changed_stages(project))
+    assert changed == ({"settings"} | readers(edited) if stages else set())
+    if "dvc" not in runs and stages:  # the settings stage alone: DVC then lists what it would rerun
         assert dvc_repro(project, "settings") == ["settings"]
         assert networkless(dvc_changed_stages(project)) == stages - {"settings"}
         return
@@ -379,3 +409,33 @@ def test_a_dvc_experiment_varies_a_setting_and_leaves_the_config_alone(baseline,
     metrics = [f"T~20.{key}" for key in ("fid", "fid_std", "is_mean", "kid_mean")]
     assert columns == ["Experiment", "Created", *metrics, "train.lr"], columns
     assert any("higher-lr" in row and "0.001" in row for row in table[2:]), table
+
+
+@pytest.mark.slow
+def test_an_accepted_code_change_reruns_only_the_report_that_names_it(baseline, tmp_path):
+    """`accept-code` is the explicit way to keep results across a result-neutral change: the
+    stages keep their fingerprints, the report says so, and a later change is not covered."""
+    project = copy_project(baseline, tmp_path / "moved")
+    edit_code("ddpm/diffusion/unet.py")(project, "snakemake")
+    assert planned_jobs(project)["train"] == 1  # unaccepted, the change retrains
+    accept = ("python", "-m", "ddpm", "accept-code", "--config", "config/config.yaml")
+    out = run_tool(project, *accept, "--stages", "train", "--reason", "renamed a variable")
+    assert "progress, sample changed too" in out.stdout
+    run_tool(project, *accept, "--stages", "sample,progress", "--reason", "renamed a variable")
+    entries = yaml.safe_load((project / "config/accepted-code.yaml").read_text())
+    assert [e["stage"] for e in entries] == ["train", "sample", "progress"]
+
+    # Only the report reruns (it names the acceptance); DVC also reruns its settings stage.
+    assert networkless(dvc_changed_stages(project)) == {"settings", "report"}
+    assert planned_jobs(project) == {"report": 1, "all": 1}
+    snakemake(project, "--cores", "2")
+    assert planned_jobs(project) == {}
+    html = (project / "results/report.html").read_text()
+    assert "accepted as result-neutral" in html and "renamed a variable" in html
+    assert_current(project, tmp_path)
+    generate_dvc_files(project)
+    assert "Running stage" not in dvc(project, "commit", "--force").stdout
+    assert dvc_changed_stages(project) == set()
+
+    edit_code("ddpm/diffusion/unet.py", "_AGAIN = True\n")(project, "snakemake")
+    assert planned_jobs(project)["train"] == 1

@@ -9,10 +9,10 @@ import yaml
 from conftest import SCORED_CONFIG, SCORED_NETWORK, train_network
 
 from ddpm.cli import main
-from ddpm.config import config_from_dict
-from ddpm.metrics import evaluate
-from ddpm.sampling import generate
-from ddpm.stages import prepare
+from ddpm.evaluation.evaluate import evaluate
+from ddpm.pipeline.config import config_from_dict
+from ddpm.pipeline.stages import prepare
+from ddpm.sampling.sample import generate
 
 NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
 
@@ -63,7 +63,7 @@ def test_each_snapshot_and_the_final_weights_are_scored_like_the_evaluate_stage(
     }
     cfg = config_from_dict(same)
     sample_cfg, _ = prepare("sample", cfg, NETWORK)
-    generate(sample_cfg, NETWORK, trained / "run/final.pt", tmp_path / "v", progress=False)
+    generate(sample_cfg, NETWORK, trained / "run/final.pt", tmp_path / "v", bars=False)
     eval_cfg = prepare("evaluate", cfg, NETWORK)[0].evaluate
     m = evaluate(
         eval_cfg,
@@ -71,7 +71,7 @@ def test_each_snapshot_and_the_final_weights_are_scored_like_the_evaluate_stage(
         trained / "reference.pt",
         trained / "weights.pth",
         tmp_path / "v",
-        progress=False,
+        bars=False,
     )
     assert points[-1]["fid"] == pytest.approx(m["fid"], rel=1e-6)
 

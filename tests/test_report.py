@@ -15,12 +15,13 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from ddpm.config import config_from_dict
-from ddpm.data import preprocess
-from ddpm.images import save_grid
-from ddpm.layout import LOG_FIELDS
-from ddpm.report import SAMPLER_STYLES, build_report, cost_figure, log_ticks, write_summary
-from ddpm.stages import plan
+from ddpm.data.preprocess import preprocess
+from ddpm.pipeline.config import config_from_dict
+from ddpm.pipeline.layout import LOG_FIELDS
+from ddpm.pipeline.stages import plan
+from ddpm.report.report import SAMPLER_STYLES, build_report, cost_figure, log_ticks
+from ddpm.report.summary import write_summary
+from ddpm.sampling.images import save_grid
 
 ARTIFACTS = Path(
     os.environ.get("DDPM_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
@@ -134,7 +135,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cfg = make_config()
     data = root / "data.npy"
-    preprocess(cfg.data, data, progress=False)
+    preprocess(cfg.data, data, bars=False)
     metrics = {
         "T~20": fabricate_run(root / "runs/T~20", 1),
         "T~30": fabricate_run(root / "runs/T~30", 2),
@@ -224,7 +225,7 @@ def test_the_memorisation_check_finds_a_copied_training_image_without_torch(tmp_
     """A sample that is a training image is shown beside it at distance 0, one a pixel away at
     that pixel's distance; and the report job never imports torch (most of a short job's time)."""
     data = tmp_path / "data.npy"
-    preprocess(make_config().data, data, progress=False)
+    preprocess(make_config().data, data, bars=False)
     train = np.load(data)
     fabricate_run(tmp_path / "runs/T~20", 1)
     copy, near = train[5].copy(), train[9].copy()
@@ -232,8 +233,8 @@ def test_the_memorisation_check_finds_a_copied_training_image_without_torch(tmp_
     np.savez(tmp_path / "runs/T~20/default/samples.npz", images=np.stack([copy, near, copy]))
     code = (
         "import json, sys\n"
-        "from ddpm.config import config_from_dict\n"
-        "from ddpm.report import build_report\n"
+        "from ddpm.pipeline.config import config_from_dict\n"
+        "from ddpm.report.report import build_report\n"
         f"c = build_report(config_from_dict({CONFIG!r}), {str(tmp_path / 'runs')!r}, "
         f"{str(tmp_path / 'r.html')!r}, data_path={str(data)!r})\n"
         "print(json.dumps([c['rows'][0]['memorisation']['distances'], 'torch' in sys.modules]))"
@@ -495,7 +496,7 @@ def fabricate_sweep(root: Path, grid: dict, fid, network_extra=None) -> tuple[Pa
             scores = {"fid": fid(network.params, nfe), "fid_std": 0.3}
             path.write_text(json.dumps({**json.loads(path.read_text()), **scores}))
     data = root / "data.npy"
-    preprocess(cfg.data, data, progress=False)
+    preprocess(cfg.data, data, bars=False)
     out = root / "report.html"
     return out, build_report(cfg, root / "runs", out, data_path=data)
 

@@ -4,9 +4,11 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from scipy import stats
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.presets import UNetSpec
-from ddpm.sampling import (
+from ddpm.diffusion.presets import UNetSpec
+from ddpm.diffusion.process import GaussianDiffusion
+from ddpm.diffusion.schedules import make_betas
+from ddpm.diffusion.unet import UNet
+from ddpm.sampling.samplers import (
     SampleNoise,
     chain_timesteps,
     ddim_sample,
@@ -15,8 +17,6 @@ from ddpm.sampling import (
     mix32,
     to_uint8,
 )
-from ddpm.schedules import make_betas
-from ddpm.unet import UNet
 
 PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 # diffusers' set_timesteps passes a torch tensor to np.array, which NumPy 2 warns about

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ddpm.schedules import SCHEDULES, alphas_cumprod, make_betas, snr, terminal_stats
+from ddpm.diffusion.schedules import SCHEDULES, alphas_cumprod, make_betas, snr, terminal_stats
 
 
 def test_linear_has_fixed_endpoints_whatever_T():

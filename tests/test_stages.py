@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from ddpm import stages
 from ddpm.cli import build_parser
-from ddpm.config import TUNING, ConfigError, UndeclaredSettingError, config_from_dict, leaf_keys
-from ddpm.stages import plan, read_keys, table
+from ddpm.pipeline import fingerprints, stages
+from ddpm.pipeline.config import (
+    TUNING,
+    ConfigError,
+    UndeclaredSettingError,
+    config_from_dict,
+    leaf_keys,
+)
+from ddpm.pipeline.stages import plan, read_keys, table
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = config_from_dict({"model": {"preset": "tiny"}})
@@ -24,85 +30,181 @@ def test_every_setting_is_read_by_some_stage_or_is_tuning():
 
 
 # What each stage's code is, stated independently of the import scan that computes it.
-SAMPLING = {
-    "sampling.py",
-    "model.py",
-    "unet.py",
-    "presets.py",
-    "diffusion.py",
-    "schedules.py",
-    "devices.py",
-    "images.py",
+DIFFUSION = {
+    "diffusion/__init__.py",
+    "diffusion/model.py",
+    "diffusion/unet.py",
+    "diffusion/presets.py",
+    "diffusion/process.py",
+    "diffusion/schedules.py",
+    "diffusion/devices.py",
+}
+SAMPLERS = DIFFUSION | {"sampling/__init__.py", "sampling/samplers.py"}
+SCORING = {
+    "evaluation/__init__.py",
+    "evaluation/scores.py",
+    "evaluation/reference.py",
+    "evaluation/inception.py",
+    "evaluation/features.py",
+    "diffusion/__init__.py",
+    "diffusion/devices.py",
 }
 EXPECTED_CODE = {
-    "download": {"data.py"},
-    "preprocess": {"data.py", "dataset.py"},
-    "inception_weights": {"metrics.py", "features.py", "data.py"},
-    "reference_stats": {"metrics.py", "features.py", "dataset.py", "devices.py"},
-    "train": {
-        "train.py",
-        "model.py",
-        "unet.py",
-        "presets.py",
-        "diffusion.py",
-        "schedules.py",
-        "ema.py",
-        "dataset.py",
-        "devices.py",
-        "distributed.py",
+    "download": {"data/__init__.py", "data/download.py"},
+    "preprocess": {"data/__init__.py", "data/preprocess.py", "data/decode.py", "data/synthetic.py"},
+    "inception_weights": {
+        "evaluation/__init__.py",
+        "evaluation/inception_weights.py",
+        "evaluation/inception.py",
+        "evaluation/features.py",
+        "data/__init__.py",
+        "data/synthetic.py",  # the demo's feature network learns the flowers' attributes
     },
-    "sample": SAMPLING,
-    "progress": SAMPLING | {"progress.py", "metrics.py", "features.py"},
-    "evaluate": {"metrics.py", "features.py", "devices.py"},
-    "summary": {"report.py", "schedules.py", "verdict.py"},
+    "reference_stats": SCORING
+    | {"evaluation/reference_stats.py", "data/__init__.py", "data/dataset.py"},
+    "train": DIFFUSION
+    | {
+        "training/__init__.py",
+        "training/train.py",
+        "training/ema.py",
+        "training/ranks.py",
+        "data/__init__.py",
+        "data/dataset.py",
+    },
+    "sample": SAMPLERS | {"sampling/sample.py", "sampling/images.py"},
+    "progress": SAMPLERS | SCORING | {"evaluation/progress.py"},
+    "evaluate": SCORING | {"evaluation/evaluate.py"},
+    "summary": {"report/__init__.py", "report/summary.py", "report/runs.py"}
+    | {"diffusion/__init__.py", "diffusion/schedules.py"},
     "report": {
-        "report.py",
-        "verdict.py",
-        "schedules.py",
-        "images.py",
-        "dataset.py",  # imported inside build_report: the scan sees function-level imports
-        "templates/report.html.j2",
+        "report/__init__.py",
+        "report/report.py",
+        "report/runs.py",
+        "evaluation/__init__.py",
+        "evaluation/verdict.py",
+        "diffusion/__init__.py",
+        "diffusion/schedules.py",
+        "sampling/__init__.py",
+        "sampling/images.py",
+        "data/__init__.py",
+        "data/dataset.py",  # imported inside a function: the scan sees function-level imports
+        "report/templates/report.html.j2",
     },
 }
 
 
 @pytest.mark.parametrize("name", [s.name for s in table(FLOWERS).values()])
 def test_each_stage_fingerprints_the_code_it_runs(name):
-    """A stage's code is its entry's import closure, without plumbing and declared side code."""
+    """A stage's code is its entry's import closure, outside the pipeline layer and the
+    plumbing; its entry module is its own, named after it."""
     stage = table(FLOWERS)[name]
     assert set(stage.code) == EXPECTED_CODE[name]
-    assert not set(stage.code) & set(stages.PLUMBING)
+    assert stage.entry.rsplit("/", 1)[-1] == f"{name}.py"
+    assert not any(fingerprints.is_outside(c) for c in stage.code)
     for path in stages.code_files(stage):
         assert path.is_file(), path
 
 
+def test_no_two_stages_share_an_entry_module():
+    entries = [s.entry for s in stages.STAGES]
+    assert len(entries) == len(set(entries))
+
+
 def test_the_settings_step_fingerprints_the_code_that_writes_settings_files():
     code = set(stages.settings_code())
-    assert {"config.py", "stages.py", "dvcfile.py", "layout.py", "presets.py"} <= code
-    assert "train.py" not in code and "metrics.py" not in code
+    assert {
+        "pipeline/config.py",
+        "pipeline/stages.py",
+        "pipeline/dvcfile.py",
+        "pipeline/layout.py",
+        "pipeline/fingerprints.py",
+        "diffusion/presets.py",
+    } <= code
+    assert "training/train.py" not in code and "evaluation/evaluate.py" not in code
 
 
-def test_a_code_change_changes_exactly_the_fingerprints_of_the_stages_that_run_it(
-    tmp_path, monkeypatch
-):
-    package = tmp_path / "ddpm"
-    package.mkdir()
-    for path in stages.PACKAGE.rglob("*"):
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A copy of the package that the fingerprints are computed from, to edit."""
+    copy = tmp_path / "ddpm"
+    for path in fingerprints.PACKAGE.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
-            (package / path.relative_to(stages.PACKAGE)).parent.mkdir(exist_ok=True)
-            (package / path.relative_to(stages.PACKAGE)).write_bytes(path.read_bytes())
-    monkeypatch.setattr(stages, "PACKAGE", package)
-    before = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
-    with open(package / "unet.py", "a") as f:
-        f.write("# edited\n")
-    after = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
-    assert {n for n in before if before[n] != after[n]} == {"train", "sample", "progress"}
-    # images.py is training's side code (its preview grids): sampling (also in progress) and
-    # the report rerun
-    with open(package / "images.py", "a") as f:
-        f.write("# edited\n")
-    again = {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
-    assert {n for n in after if after[n] != again[n]} == {"sample", "progress", "report"}
+            (copy / path.relative_to(fingerprints.PACKAGE)).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+            (copy / path.relative_to(fingerprints.PACKAGE)).write_bytes(path.read_bytes())
+    monkeypatch.setattr(fingerprints, "PACKAGE", copy)
+    return copy
+
+
+def _fingerprints():
+    return {s.name: stages.code_fingerprint(s) for s in table(FLOWERS).values()}
+
+
+def _changed(before):
+    after = _fingerprints()
+    return {n for n in before if before[n] != after[n]}
+
+
+def _append(path, text):
+    with open(path, "a") as f:
+        f.write(text)
+
+
+# (file, what the edit is about): the stages whose code it is. An edit to code that no stage
+# runs (plumbing, the pipeline layer, the live view) changes no fingerprint.
+EDITS = {
+    "diffusion/unet.py": {"train", "sample", "progress"},
+    "sampling/images.py": {"sample", "report"},
+    "sampling/sample.py": {"sample"},  # the sample stage's summary: not progress's code
+    "evaluation/evaluate.py": {"evaluate"},  # evaluation.json's wording: not the reference's
+    "evaluation/scores.py": {"reference_stats", "progress", "evaluate"},
+    "data/decode.py": {"preprocess"},  # EXIF decoding: not the download
+    "data/synthetic.py": {"preprocess", "inception_weights"},
+    "report/runs.py": {"summary", "report"},
+    "report/summary.py": {"summary"},  # the CSV's writer: not the report's code
+    "plumbing/gpus.py": set(),  # the GPU lock
+    "plumbing/launcher.py": set(),  # the torchrun launcher
+    "plumbing/console.py": set(),  # progress bars in logs
+    "training/view.py": set(),  # previews and TensorBoard: they only watch
+    "pipeline/layout.py": set(),
+}
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_a_code_change_changes_exactly_the_fingerprints_of_the_stages_that_run_it(package, name):
+    before = _fingerprints()
+    _append(package / name, "\n_EDITED = True\n")
+    assert _changed(before) == EDITS[name]
+
+
+REWRITES = {
+    "a comment": lambda src: src.replace("\n\n\n", "\n\n\n# a note for readers\n", 1),
+    "a docstring": lambda src: src.replace('"""', '"""A reworded summary. ', 1),
+    "the formatting": lambda src: src.replace("(", "(  ", 3).replace("\n", "\n\n", 5),
+}
+
+
+@pytest.mark.parametrize("rewrite", REWRITES)
+def test_a_comment_a_docstring_or_a_reformatting_changes_no_fingerprint(package, rewrite):
+    before = _fingerprints()
+    for name in ("diffusion/unet.py", "evaluation/scores.py", "sampling/samplers.py"):
+        path = package / name
+        source = path.read_text()
+        rewritten = REWRITES[rewrite](source)
+        assert rewritten != source
+        compile(rewritten, name, "exec")  # still Python
+        path.write_text(rewritten)
+    assert _changed(before) == set()
+
+
+def test_a_changed_number_in_a_docstring_free_module_still_counts(package):
+    before = _fingerprints()
+    path = package / "diffusion/schedules.py"
+    source = path.read_text()
+    path.write_text(source.replace("0.008", "0.009", 1))
+    assert "0.008" in source
+    assert _changed(before) == {"train", "sample", "progress", "summary", "report"}
 
 
 def test_sampler_axes_make_variants_of_the_same_networks():
@@ -258,3 +360,56 @@ def test_paths_with_spaces_reach_the_command_as_one_word(tmp_path):
     assert words[-2:] == ["--out", "my results/runs/T~20"]
     plain = stages.command_args(table(SYNTHETIC)["train"], lambda t: stages.fill(t, "T~20"))
     assert plain[-1] == "results/runs/T~20", "plain paths stay unquoted"
+
+
+def test_an_accepted_code_change_keeps_the_fingerprint_its_results_were_made_with(
+    package, tmp_path
+):
+    cfg = config_from_dict({**TINY, "results_dir": str(tmp_path / "results"), "grid": {"T": [20]}})
+    settings = tmp_path / "results/settings"
+    ledger = tmp_path / fingerprints.ACCEPTED
+    with pytest.raises(fingerprints.AcceptanceError, match="has not run"):
+        stages.accept_code(cfg, ["train"], "why", ledger)
+    made = stages.all_settings(cfg, tmp_path)
+    stages.write_all_settings(cfg, settings)
+    assert stages.accept_code(cfg, ["train"], "why", ledger)[0].endswith("nothing to accept")
+    assert not ledger.exists()
+
+    _append(package / "diffusion/unet.py", "\n_EDITED = True\n")
+    moved = stages.all_settings(cfg, tmp_path)
+    assert {n for n in made if made[n] != moved[n]} == {
+        "train/T~20",
+        "sample/T~20/default",
+        "progress/T~20",
+    }
+    with pytest.raises(fingerprints.AcceptanceError, match="--reason"):
+        stages.accept_code(cfg, ["train"], "  ", ledger)
+    lines = stages.accept_code(cfg, ["train"], "renamed a variable", ledger)
+    assert lines[0].endswith("its results stand")
+    assert (
+        lines[1] == "the code of progress, sample changed too: they rerun unless accepted as well"
+    )
+    (entry,) = fingerprints.read_accepted(ledger)
+    recorded = json.loads(made["train/T~20"])["code"]
+    assert entry["stage"] == "train" and entry["from"] == recorded
+    assert entry["to"] == fingerprints.fingerprint(table(cfg)["train"].code) != recorded
+    assert entry["reason"] == "renamed a variable" and "@" in entry["by"] and entry["at"]
+    now = stages.all_settings(cfg, tmp_path)
+    assert now["train/T~20"] == made["train/T~20"]
+    assert now["sample/T~20/default"] == moved["sample/T~20/default"]
+
+    # A further edit of the same code is a change of its own: it is not covered.
+    _append(package / "diffusion/unet.py", "\n_AGAIN = True\n")
+    assert stages.all_settings(cfg, tmp_path)["train/T~20"] != made["train/T~20"]
+
+
+def test_instances_made_by_different_code_cannot_be_accepted_as_one(tmp_path):
+    cfg = config_from_dict(
+        {**TINY, "results_dir": str(tmp_path / "results"), "grid": {"T": [20, 30]}}
+    )
+    settings = tmp_path / "results/settings"
+    stages.write_all_settings(cfg, settings)
+    path = settings / "train/T~30.json"
+    path.write_text(path.read_text().replace('"code": "', '"code": "0'))
+    with pytest.raises(fingerprints.AcceptanceError, match="2 versions of its code"):
+        stages.accept_code(cfg, ["train"], "why", tmp_path / "accepted.yaml")

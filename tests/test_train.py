@@ -12,13 +12,14 @@ import torch
 import yaml
 from conftest import TINY
 
-from ddpm.config import load_config
-from ddpm.data import preprocess
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
-from ddpm.sampling import generate
-from ddpm.stages import BY_NAME, NET, prepare
-from ddpm.train import TrainingError, train
+from ddpm.data.preprocess import preprocess
+from ddpm.diffusion.process import GaussianDiffusion
+from ddpm.pipeline.config import load_config
+from ddpm.pipeline.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
+from ddpm.pipeline.stages import BY_NAME, NET, prepare
+from ddpm.sampling.sample import generate
+from ddpm.training.train import TrainingError, train
+from ddpm.training.view import TrainingView
 
 RUN = "T~50"
 
@@ -56,7 +57,7 @@ def write_config(path, **train_overrides):
 def setup(tmp_path):
     config = write_config(tmp_path / "c.yaml")
     data = tmp_path / "data.npy"
-    preprocess(load_config(config).data, data, progress=False)
+    preprocess(load_config(config).data, data, bars=False)
     return config, data
 
 
@@ -67,7 +68,7 @@ def job(stage, config, overrides=None, run=RUN):
 
 def run_training(config, data, out, overrides=None, **kwargs):
     cfg, document = job("train", config, overrides)
-    return train(cfg, RUN, data, out, identity=document, progress=False, **kwargs)
+    return train(cfg, RUN, data, out, identity=document, bars=False, view=TrainingView, **kwargs)
 
 
 def cli(*args):
@@ -202,7 +203,7 @@ def live_view(folder):
     """What TensorBoard shows of one training: {tag: {step: value}}, {step: image size}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ddpm.live import PREVIEW_TAG
+    from ddpm.training.view import PREVIEW_TAG
 
     view = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
     view.Reload()
@@ -215,7 +216,7 @@ def live_view(folder):
 
 def assert_shows(scalars, rows):
     """Every logged column at every logged step, and nothing else (float32 in the events)."""
-    from ddpm.live import TAGS
+    from ddpm.training.view import TAGS
 
     assert set(scalars) == set(TAGS.values())
     for key, tag in TAGS.items():
@@ -383,15 +384,15 @@ def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, t
     run_training(config, data, tmp_path / "run", {"train.steps": 5})
     ckpt = tmp_path / "run/final.pt"
     cfg, _ = job("sample", config)
-    a = generate(cfg, RUN, ckpt, tmp_path / "a", progress=False)
-    generate(cfg, RUN, ckpt, tmp_path / "b", progress=False)
+    a = generate(cfg, RUN, ckpt, tmp_path / "a", bars=False)
+    generate(cfg, RUN, ckpt, tmp_path / "b", bars=False)
     samples = np.load(tmp_path / "a/samples.npz")["images"]
     assert samples.dtype == np.uint8 and samples.shape == (12, 3, 16, 16)
     np.testing.assert_array_equal(samples, np.load(tmp_path / "b/samples.npz")["images"])
     assert a["nfe_per_image"] == 10
     assert a["trajectory_t"] == [49, 27, 0, -1]  # 4 columns: x_T .. x_0, then the sample
     ddpm_cfg, _ = job("sample", config, {"sample.method": "ddpm", "sample.steps": None})
-    b = generate(ddpm_cfg, RUN, ckpt, tmp_path / "c", progress=False)
+    b = generate(ddpm_cfg, RUN, ckpt, tmp_path / "c", bars=False)
     assert b["nfe_per_image"] == 50 > a["nfe_per_image"]
     for name in ("grid.png", "trajectory.png", "sample_summary.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
@@ -399,7 +400,7 @@ def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, t
     # DPM-Solver++(3M) on trailing timesteps, through the same stage
     dpm = {"sample.method": "dpmpp-3m", "sample.steps": 4, "sample.spacing": "trailing"}
     dpm_cfg, _ = job("sample", config, dpm)
-    c = generate(dpm_cfg, RUN, ckpt, tmp_path / "d", progress=False)
+    c = generate(dpm_cfg, RUN, ckpt, tmp_path / "d", bars=False)
     assert (c["method"], c["spacing"], c["nfe_per_image"]) == ("dpmpp-3m", "trailing", 4)
     assert c["trajectory_t"] == [49, 24, 11, -1]  # of 49, 37, 24, 11 (trailing)
     dpm_samples = np.load(tmp_path / "d/samples.npz")["images"]
@@ -409,7 +410,7 @@ def test_samples_are_uint8_reproducible_and_ddim_uses_fewer_evaluations(setup, t
 def test_sampling_reads_only_sample_settings(setup, tmp_path):
     """The network and its diffusion come from final.pt: the sample stage's config holds no
     training settings at all, and using one would raise instead of silently taking a default."""
-    from ddpm.config import UndeclaredSettingError
+    from ddpm.pipeline.config import UndeclaredSettingError
 
     config, data = setup
     cfg, document = job("sample", config)
@@ -459,7 +460,7 @@ def test_compiled_training_and_sampling_match_the_plain_ones(setup, tmp_path, mo
         # 12 images in chains of 5: the compiled network runs the last one at 5 too
         cfg, _ = job("sample", config, {"sample.compile": compiled})
         assert (cfg.sample.num_images, cfg.sample.batch_size) == (12, 5)
-        summary = generate(cfg, RUN, ckpt, tmp_path / f"samples-{compiled}", progress=False)
+        summary = generate(cfg, RUN, ckpt, tmp_path / f"samples-{compiled}", bars=False)
         assert summary["compiled"] is compiled
         images[compiled] = np.load(tmp_path / f"samples-{compiled}/samples.npz")["images"]
     difference = np.abs(images[True].astype(int) - images[False].astype(int))

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from ddpm.config import ModelConfig
-from ddpm.presets import PRESETS, resolve_unet_config
-from ddpm.unet import build_unet, count_parameters
+from ddpm.diffusion.presets import PRESETS, resolve_unet_config
+from ddpm.diffusion.unet import build_unet, count_parameters
+from ddpm.pipeline.config import ModelConfig
 
-# Documented sizes (README / ddpm/unet.py): tiny <= 2M; ddpm ~35.7M in the paper, 38.3M with
-# scale-shift time conditioning; base ~60M.
+# Documented sizes (README / ddpm/diffusion/unet.py): tiny <= 2M; ddpm ~35.7M in the paper,
+# 38.3M with scale-shift time conditioning; base ~60M.
 RANGES = {"tiny": (0.5e6, 2e6), "ddpm": (35e6, 40e6), "base": (55e6, 65e6)}
 
 

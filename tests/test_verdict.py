@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ddpm.verdict import assess, caveat, convergence, headline, holm, pm
+from ddpm.evaluation.verdict import assess, caveat, convergence, headline, holm, pm
 
 # -- simulated sweeps ----------------------------------------------------------------------------
 

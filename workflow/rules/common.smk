@@ -1,5 +1,5 @@
 # Wiring shared by the rule files. Everything a rule reads, writes and runs comes from the stage
-# table in ddpm/stages.py (which dvc.yaml is rendered from too); these helpers only translate it.
+# table in ddpm/pipeline/stages.py (which dvc.yaml is rendered from too); these helpers only translate it.
 import re
 import shlex
 import sys
@@ -15,8 +15,9 @@ shell.prefix(
 
 from snakemake.common.configfile import load_configfile  # noqa: E402
 
-from ddpm import jobstep, stages  # noqa: E402
-from ddpm.config import config_from_dict, load_yaml  # noqa: E402
+from ddpm.plumbing import jobstep
+from ddpm.pipeline import stages  # noqa: E402
+from ddpm.pipeline.config import config_from_dict, load_yaml  # noqa: E402
 
 # Snakemake's YAML reader keeps the last of a key written twice; ours refuses it, naming lines.
 for _path in workflow.configfiles:
@@ -39,7 +40,7 @@ stages.check_results_dir(CFG)
 PLAN = stages.plan(CFG)
 STAGES = stages.table(CFG)
 # Settings file name -> text. Nothing is written here: a dry run or --lint writes no file.
-SETTINGS = stages.all_settings(CFG)
+SETTINGS = stages.all_settings(CFG, workflow.basedir)
 RESULTS = CFG.results_dir
 
 

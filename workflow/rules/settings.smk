@@ -1,5 +1,5 @@
 # One settings file per stage instance: exactly the settings that the instance's job reads, and
-# a fingerprint of the stage's code. The text comes from ddpm/stages.py; Snakemake reruns this
+# a fingerprint of the stage's code. The text comes from ddpm/pipeline/stages.py; Snakemake reruns this
 # rule when the text changes (a params change), and the stage's job then reruns because its
 # input changed (the file's content differs, so Snakemake's input checksums do not mask it).
 # Written with printf and renamed into place: instant, and complete or not at all.

@@ -1,9 +1,0 @@
-"""The exception for user-facing mistakes; the CLI prints its message, not a traceback."""
-
-
-class PipelineError(Exception):
-    """A problem the user can fix (bad input file, missing weights, ...); the message says how."""
-
-    # True for errors that every process of a data-parallel training raises alike, at the same
-    # step (they follow from what the processes agree on): only the first one prints it.
-    every_process = False

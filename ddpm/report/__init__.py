@@ -1,0 +1,1 @@
+"""The report: the summary table of every run, and the self-contained HTML comparison."""

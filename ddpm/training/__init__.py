@@ -1,0 +1,2 @@
+"""Training one network: the loop, EMA, data-parallel ranks, and the live view wired in by the
+command."""
