@@ -111,6 +111,11 @@ def test_reference_is_computed_once_and_reused(dataset, weights, tmp_path, monke
     assert "2048" in m["fid_note"] and m["test_weights"] is True
     assert m["kid_subset_size"] == 8 and np.isfinite(m["is_mean"]) and m["is_mean"] >= 1.0
     assert m["floor"] == meta["floor"] and m["resize"].startswith("bilinear like TF1")
+    # fidelity and diversity apart, against the real balls the reference holds (k = 3)
+    assert m["prdc_k"] == 3 and len(torch.load(ref)["real_radii"]) == 20
+    for name in ("precision", "recall", "density", "coverage"):
+        assert m[name] >= 0 and m[f"{name}_std"] >= 0, name
+    assert m["precision"] <= 1 and m["recall"] <= 1 and m["coverage"] <= 1
     # metrics.json holds numbers only (a table of runs reads them); the rest goes beside it
     numbers = json.loads((tmp_path / "m1/metrics.json").read_text())
     assert numbers["fid"] == m["fid"] and numbers["floor_fid"] == meta["floor"]["fid"]

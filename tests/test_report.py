@@ -98,6 +98,15 @@ def fabricate_run(
             "kid_std": 0.002,
             "n_generated": 12,
             "floor_fid": 3.0,
+            # fidelity up and diversity down with the seed's number: 0.6 / 0.5 at seed 1
+            "precision": 0.5 + seed / 10,
+            "precision_std": 0.05,
+            "recall": 0.6 - seed / 10,
+            "recall_std": 0.04,
+            "density": 0.9,
+            "density_std": 0.1,
+            "coverage": 0.7,
+            "coverage_std": 0.03,
         }
         if with_metrics:
             (variant_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -168,6 +177,22 @@ def test_every_run_appears_with_its_metrics(report):
         in (verdict)
     )
     assert "not distinguishable" not in html
+
+
+def test_precision_and_recall_are_shown_per_run_per_setting_and_by_effect(report):
+    """Fidelity and diversity apart: each run's four scores with their ±, each setting's, and
+    which way each level moves precision and recall in the effects table."""
+    _, html, _, context = report
+    row_html = html.split('data-run="T~20"')[1].split("</tr>")[0]
+    assert '<td class="precision" data-value="0.6">0.6 &plusmn; 0.05</td>' in row_html
+    assert '<td class="recall" data-value="0.5">0.5 &plusmn; 0.04</td>' in row_html
+    table = html.split('id="fidelity-table"')[1].split("</table>")[0]
+    assert "<td>T = 20</td>" in table and '<td class="precision">0.600 ± 0.050</td>' in table
+    assert '<td class="coverage">0.700 ± 0.030</td>' in table
+    effects = html.split('<table id="effects">')[1].split("</table>")[0]
+    t30 = effects.split('data-axis="T" data-level="30"')[1].split("</tr>")[0]
+    assert '<td class="moves">+0.10, -0.10</td>' in t30
+    assert [f["setting"] for f in context["fidelity"]] == ["T = 20", "T = 30"]
 
 
 def test_the_summary_table_and_dvcs_metrics_file_hold_every_run(report, tmp_path):

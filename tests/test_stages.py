@@ -61,7 +61,8 @@ EXPECTED_CODE = {
         "data/synthetic.py",  # the demo's feature network learns the flowers' attributes
     },
     "reference_stats": SCORING
-    | {"evaluation/reference_stats.py", "data/__init__.py", "data/dataset.py"},
+    | {"evaluation/reference_stats.py", "evaluation/fidelity.py"}
+    | {"data/__init__.py", "data/dataset.py"},
     "train": DIFFUSION
     | {
         "training/__init__.py",
@@ -73,7 +74,7 @@ EXPECTED_CODE = {
     },
     "sample": SAMPLERS | {"sampling/sample.py", "sampling/images.py"},
     "progress": SAMPLERS | SCORING | {"evaluation/progress.py"},
-    "evaluate": SCORING | {"evaluation/evaluate.py"},
+    "evaluate": SCORING | {"evaluation/evaluate.py", "evaluation/fidelity.py"},
     "summary": {"report/__init__.py", "report/summary.py", "report/runs.py"}
     | {"diffusion/__init__.py", "diffusion/schedules.py"},
     "report": {

@@ -10,9 +10,10 @@ import torch
 
 from ddpm.diffusion.devices import select_device
 from ddpm.evaluation import features
+from ddpm.evaluation.fidelity import NAMES, K, prdc, prdc_spread
 from ddpm.evaluation.inception import EXTRACTOR, RESIZE, extract_features, load_inception
 from ddpm.evaluation.reference import check_compatible, load_reference
-from ddpm.evaluation.scores import RealStats, fid_spread, inception_score, kid
+from ddpm.evaluation.scores import RealStats, fid_spread, inception_score, kid, random_halves
 from ddpm.pipeline.layout import METRIC_KEYS, VariantFiles, read_samples
 from ddpm.plumbing.files import atomic_write_json, check_output_dir
 
@@ -47,6 +48,10 @@ def evaluate(
         real, feats["pool"], eval_cfg.kid_subset_size, eval_cfg.kid_subsets, eval_cfg.seed
     )
     is_mean, is_std = inception_score(feats["logits"], eval_cfg.is_splits, eval_cfg.seed)
+    halves = random_halves(n, eval_cfg.fid_halves, eval_cfg.seed)
+    fake, radii = feats["pool"].to(device), ref["real_radii"]  # on the GPU when there is one
+    fidelity = prdc(real, fake, real_radii=radii)
+    spread = prdc_spread(real, fake, halves, real_radii=radii)
     dims = real.shape[1]
     floor = ref["meta"]["floor"]
     metrics = {
@@ -61,6 +66,8 @@ def evaluate(
         "floor_fid": floor["fid"],
         "floor_kid_mean": floor["kid_mean"],
     }
+    for name in NAMES:  # fidelity and diversity apart, each with its spread over the halves
+        metrics[name], metrics[f"{name}_std"] = fidelity[name], spread[name]
     timing = {"elapsed_s": time.perf_counter() - start, "images_per_s": n / extract_s}
     evaluation = _how(eval_cfg, n, len(real), dims, kid_size, floor, info, device) | timing
     assert set(metrics) == set(METRIC_KEYS), (
@@ -93,6 +100,7 @@ def _how(eval_cfg, n: int, n_real: int, dims: int, kid_size: int, floor: dict, i
         "is_splits": min(eval_cfg.is_splits, n),
         "kid_subset_size": kid_size,
         "kid_subsets": eval_cfg.kid_subsets,
+        "prdc_k": K,
         "floor": floor,
         "features": info["kind"],
         "feature_extractor": EXTRACTOR if info["kind"] != features.KIND else features.EXTRACTOR,

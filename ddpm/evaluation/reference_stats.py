@@ -10,6 +10,7 @@ import torch
 
 from ddpm.data.dataset import load_dataset, read_manifest
 from ddpm.diffusion.devices import select_device
+from ddpm.evaluation.fidelity import knn_radii
 from ddpm.evaluation.inception import MetricsError, check_weights, extract_features, load_inception
 from ddpm.evaluation.reference import _load_reference
 from ddpm.evaluation.scores import fid, kid
@@ -61,6 +62,8 @@ def reference_stats(
         out,
         {
             "pool": feats["pool"],
+            # each real point's ball for precision, recall, density and coverage
+            "real_radii": knn_radii(feats["pool"].to(device)).cpu(),
             # the record that `evaluate` checks the samples against
             "dataset_sha256": manifest["sha256"],
             "image_size": int(images.shape[-1]),

@@ -60,15 +60,18 @@ def fid_spread(
     features differ, and errs high (up to ~1.5x) when N is below the feature dimension; the
     with-replacement bootstrap erred high by 1.6-4x in the same cases. `real` may be the
     `RealStats` the caller already holds (on `device`)."""
-    n = len(fake)
-    if draws < 2 or n < 4:
+    if draws < 2 or len(fake) < 4:
         return None
     stats = real if isinstance(real, RealStats) else RealStats(real.to(device))
     fake = fake.to(device)
-    g = torch.Generator().manual_seed(seed)
-    halves = [torch.randperm(n, generator=g)[: n // 2].to(device) for _ in range(draws)]
-    values = [stats.fid(fake[idx]) for idx in halves]
+    values = [stats.fid(fake[idx.to(device)]) for idx in random_halves(len(fake), draws, seed)]
     return float(np.std(values, ddof=1))
+
+
+def random_halves(n: int, draws: int, seed: int) -> list[torch.Tensor]:
+    """`draws` random halves of range(n), seeded: the draws behind every score's spread."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g)[: n // 2] for _ in range(draws)]
 
 
 def kid(

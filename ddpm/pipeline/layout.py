@@ -204,6 +204,7 @@ LOG_FIELDS = (
 )
 TIMING_FIELDS = ("images_per_s", "elapsed_s")
 # metrics.json's keys, written by `ddpm.evaluation.evaluate.evaluate` and read by the report.
+FIDELITY_SCORES = ("precision", "recall", "density", "coverage")
 METRIC_KEYS = (
     "fid",
     "fid_std",
@@ -215,6 +216,8 @@ METRIC_KEYS = (
     "n_real",
     "floor_fid",
     "floor_kid_mean",
+    # fidelity and diversity apart (`ddpm.evaluation.fidelity`), each with its spread
+    *(key for name in FIDELITY_SCORES for key in (name, f"{name}_std")),
 )
 SCOREBOARD_KEYS = ("fid", "fid_std", "kid_mean", "is_mean")  # per run in <results>/metrics.json
 

@@ -24,6 +24,7 @@ from ddpm.evaluation.verdict import Setting, Verdict, assess, headline, interval
 from ddpm.pipeline.config import Config, config_hash, format_value, to_dict
 from ddpm.pipeline.fingerprints import read_accepted
 from ddpm.pipeline.layout import (
+    FIDELITY_SCORES,
     ArtefactError,
     NetworkFiles,
     VariantFiles,
@@ -421,22 +422,62 @@ def _best(settings: list[Setting]) -> list[dict]:
     spread; a single run's own ±)."""
     best = []
     for key, label, better in (("kid", "KID", min), ("is", "Inception Score", max)):
-        scored = []
-        for s in settings:
-            values = [r.get(f"{key}_mean") for r in s.runs]
-            if None in values:
-                continue
-            mean = sum(values) / len(values)
-            if len(values) > 1:
-                se = float(np.std(values, ddof=1)) / len(values) ** 0.5
-            else:
-                se = s.runs[0].get(f"{key}_std")
-            scored.append((mean, se, s))
+        scored = [
+            (*found, s) for s in settings if (found := _mean_se(s, f"{key}_mean", f"{key}_std"))
+        ]
         if scored:
             mean, se, s = better(scored, key=lambda found: found[0])
             seeds = f", mean of {s.n} seeds" if s.n > 1 else ""
             best.append({"metric": label, "setting": s.label, "value": pm(mean, se) + seeds})
     return best
+
+
+def _mean_se(setting: Setting, key: str, std_key: str) -> tuple[float, float | None] | None:
+    """A score's mean over a setting's seeds ± its standard error: from the seeds' spread, or
+    with one run, that run's own ± (`std_key`). None when a run lacks the score."""
+    values = [r.get(key) for r in setting.runs]
+    if None in values:
+        return None
+    mean = sum(values) / len(values)
+    if len(values) > 1:
+        return mean, float(np.std(values, ddof=1)) / len(values) ** 0.5
+    return mean, setting.runs[0].get(std_key)
+
+
+def _fidelity(settings: list[Setting]) -> list[dict]:
+    """Precision, recall, density and coverage of every setting, each as mean ± error."""
+    table = []
+    for s in settings:
+        cells = {name: _mean_se(s, name, f"{name}_std") for name in FIDELITY_SCORES}
+        if any(cells.values()):
+            table.append({"setting": s.label, "n": s.n, **cells})
+    return table
+
+
+def _moves(rows: list[dict], effects: list) -> list[dict]:
+    """For each main effect and breakdown: how its level moves precision and recall from its
+    baseline (the runs' means at each, within the breakdown's other level). Descriptive: the
+    verdict tests FID alone."""
+    out = []
+    for e in effects:
+        where = dict(e.at)
+
+        def mean(level, key, e=e, where=where):
+            values = [
+                r[key]
+                for r in rows
+                if r.get(key) is not None
+                and format_value(r["params"].get(e.axis)) == level
+                and all(format_value(r["params"].get(k)) == v for k, v in where.items())
+            ]
+            return sum(values) / len(values) if values else None
+
+        moved = {}
+        for key in ("precision", "recall"):
+            a, b = mean(e.level, key), mean(e.baseline, key)
+            moved[key] = None if a is None or b is None else a - b
+        out.append(moved)
+    return out
 
 
 def _progress(rows: list[dict], runs_dir: Path) -> dict[str, list[dict]]:
@@ -569,6 +610,8 @@ def _context(cfg: Config, rows: list[dict], runs_dir: Path, verdict: Verdict) ->
         "rows": rows,
         "failed": [r for r in rows if r["status"] != "ok"],
         "best": _best(verdict.settings),
+        "fidelity": _fidelity(verdict.settings),
+        "moves": _moves(rows, verdict.effects),
         "verdict": verdict,
         "replicates": any(s.n > 1 for s in verdict.settings),
         "progress_sampler": f"{rc_progress.num_images:,} DDIM-{rc_progress.steps}",
@@ -610,7 +653,8 @@ def _render(context: dict, out: str | Path) -> None:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
     )
     env.filters["fmt"] = _fmt
-    env.globals.update(signed=signed, interval=interval, pvalue=_pvalue)
+    env.globals.update(signed=signed, interval=interval, pvalue=_pvalue, pm=pm)
+    env.globals["fidelity_scores"] = FIDELITY_SCORES
     env.filters["fmt_int"] = lambda v: "—" if v is None else f"{int(v):,}"
     html = env.get_template("report.html.j2").render(**context)
     atomic_write_bytes(out, html.encode())
