@@ -290,3 +290,48 @@ def test_fetch_weights_verifies_the_checksum(tmp_path):
         assert sidecar["kind"] == "torch-fidelity" and sidecar["url"].endswith("/w.pth")
     finally:
         server.close()
+
+
+class _Features(torch.nn.Module):
+    """A torchmetrics feature extractor that passes features through: the metrics' classes
+    then score exactly the vectors given."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+
+# torchmetrics warns that KID and IS keep every feature vector: what they are for here.
+@pytest.mark.filterwarnings("ignore:Metric .* will save all extracted features:UserWarning")
+# ... and its IS takes the standard deviation of one split's score (ours says None).
+@pytest.mark.filterwarnings(r"ignore:std\(\). degrees of freedom is <= 0:UserWarning")
+def test_the_scores_equal_torchmetrics_on_the_same_features():
+    """FID, KID and IS as torchmetrics' own classes compute them (the field's reference in
+    PyTorch), from the same feature vectors and logits: KID with subsets that hold every
+    vector (so that its random draws cannot differ), IS with one split."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 64, generator=g, dtype=torch.float64)
+    fake = torch.randn(200, 64, generator=g, dtype=torch.float64) * 1.2 + 0.3
+    theirs = FrechetInceptionDistance(feature=_Features(64))
+    theirs.update(real, real=True)
+    theirs.update(fake, real=False)
+    assert fid(real, fake) == pytest.approx(float(theirs.compute()), rel=1e-9)
+
+    kid = KernelInceptionDistance(feature=_Features(64), subsets=3, subset_size=200)
+    kid.update(real[:200], real=True)
+    kid.update(fake, real=False)
+    mean, _ = scores.kid(real[:200], fake, subset_size=200, subsets=3, seed=0)[:2]
+    assert mean == pytest.approx(float(kid.compute()[0]), rel=1e-9)
+
+    logits = torch.randn(100, 10, generator=g, dtype=torch.float64) * 3
+    inception = InceptionScore(feature=_Features(10), splits=1)
+    inception.update(logits)
+    ours, _ = scores.inception_score(logits, splits=1, seed=0)
+    assert ours == pytest.approx(float(inception.compute()[0]), rel=1e-9)
