@@ -26,9 +26,9 @@ from conftest import SCORED_CONFIG, SCORED_NETWORK, small_disk
 from PIL import Image
 
 from ddpm.cli import main
+from ddpm.data.artefacts import write_samples
 from ddpm.data.preprocess import preprocess
 from ddpm.pipeline.config import config_from_dict
-from ddpm.pipeline.layout import write_samples
 
 NETWORK, CONFIG = SCORED_NETWORK, SCORED_CONFIG
 

@@ -14,9 +14,9 @@ import yaml
 from conftest import ENV
 from test_train import RUN, run_training, train_cmd, write_config
 
+from ddpm.data.artefacts import read_checkpoint, read_final, read_log
 from ddpm.data.preprocess import preprocess
 from ddpm.pipeline.config import ConfigError, config_from_dict, load_config
-from ddpm.pipeline.layout import read_checkpoint, read_final, read_log
 
 pytestmark = pytest.mark.slow
 

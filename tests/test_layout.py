@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.pipeline import stages
-from ddpm.pipeline.config import Config
-from ddpm.pipeline.layout import (
-    ArtefactError,
-    NetworkFiles,
-    PipelineFiles,
-    VariantFiles,
+from ddpm.data.artefacts import (
     read_final,
     read_json,
     read_log,
@@ -20,6 +14,10 @@ from ddpm.pipeline.layout import (
     settings_digest,
     write_samples,
 )
+from ddpm.pipeline import stages
+from ddpm.pipeline.config import Config
+from ddpm.pipeline.layout import NetworkFiles, PipelineFiles, VariantFiles
+from ddpm.plumbing.errors import ArtefactError
 
 
 def test_samples_are_uint8_and_float_samples_are_refused_not_guessed(tmp_path):

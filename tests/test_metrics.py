@@ -17,7 +17,7 @@ from ddpm.evaluation.inception import MetricsError, extract_features, load_incep
 from ddpm.evaluation.reference_stats import reference_stats
 from ddpm.evaluation.scores import RealStats, fid, fid_spread
 from ddpm.pipeline.config import config_from_dict
-from ddpm.pipeline.layout import ArtefactError
+from ddpm.plumbing.errors import ArtefactError
 
 CPU = torch.device("cpu")
 

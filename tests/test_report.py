@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from ddpm.data.artefacts import LOG_FIELDS
 from ddpm.data.preprocess import preprocess
 from ddpm.pipeline.config import config_from_dict
-from ddpm.pipeline.layout import LOG_FIELDS
 from ddpm.pipeline.stages import plan
 from ddpm.report.report import SAMPLER_STYLES, build_report, cost_figure, log_ticks
 from ddpm.report.summary import write_summary

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from conftest import ENV, ROOT, TINY, make_project
 
-from ddpm.pipeline.layout import read_log
+from ddpm.data.artefacts import read_log
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARK = "# written by ddpm-pipeline's tests/test_slurm.py"

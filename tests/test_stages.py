@@ -39,7 +39,8 @@ DIFFUSION = {
     "diffusion/schedules.py",
     "diffusion/devices.py",
 }
-SAMPLERS = DIFFUSION | {"sampling/__init__.py", "sampling/samplers.py"}
+ARTEFACTS = {"data/__init__.py", "data/artefacts.py"}  # how the files are written and read
+SAMPLERS = DIFFUSION | ARTEFACTS | {"sampling/__init__.py", "sampling/samplers.py"}
 SCORING = {
     "evaluation/__init__.py",
     "evaluation/scores.py",
@@ -61,9 +62,11 @@ EXPECTED_CODE = {
         "data/synthetic.py",  # the demo's feature network learns the flowers' attributes
     },
     "reference_stats": SCORING
+    | ARTEFACTS  # fidelity.py names its scores as metrics.json does
     | {"evaluation/reference_stats.py", "evaluation/fidelity.py"}
     | {"data/__init__.py", "data/dataset.py"},
     "train": DIFFUSION
+    | ARTEFACTS
     | {
         "training/__init__.py",
         "training/train.py",
@@ -74,9 +77,10 @@ EXPECTED_CODE = {
     },
     "sample": SAMPLERS | {"sampling/sample.py", "sampling/images.py"},
     "progress": SAMPLERS | SCORING | {"evaluation/progress.py"},
-    "evaluate": SCORING | {"evaluation/evaluate.py", "evaluation/fidelity.py"},
+    "evaluate": SCORING | ARTEFACTS | {"evaluation/evaluate.py", "evaluation/fidelity.py"},
     "summary": {"report/__init__.py", "report/summary.py", "report/runs.py"}
-    | {"diffusion/__init__.py", "diffusion/schedules.py"},
+    | {"diffusion/__init__.py", "diffusion/schedules.py"}
+    | ARTEFACTS,
     "report": {
         "report/__init__.py",
         "report/report.py",
@@ -89,6 +93,7 @@ EXPECTED_CODE = {
         "sampling/images.py",
         "data/__init__.py",
         "data/dataset.py",  # imported inside a function: the scan sees function-level imports
+        "data/artefacts.py",
         "report/templates/report.html.j2",
     },
 }
@@ -168,7 +173,10 @@ EDITS = {
     "plumbing/launcher.py": set(),  # the torchrun launcher
     "plumbing/console.py": set(),  # progress bars in logs
     "training/view.py": set(),  # previews and TensorBoard: they only watch
-    "pipeline/layout.py": set(),
+    "pipeline/layout.py": set(),  # where files live: the stage table's wiring
+    "data/artefacts.py": {
+        *("train", "progress", "sample", "evaluate", "summary", "report", "reference_stats")
+    },
 }
 
 

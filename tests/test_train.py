@@ -12,10 +12,10 @@ import torch
 import yaml
 from conftest import TINY
 
+from ddpm.data.artefacts import TIMING_FIELDS, read_checkpoint, read_final, read_log
 from ddpm.data.preprocess import preprocess
 from ddpm.diffusion.process import GaussianDiffusion
 from ddpm.pipeline.config import load_config
-from ddpm.pipeline.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
 from ddpm.pipeline.stages import BY_NAME, NET, prepare
 from ddpm.sampling.sample import generate
 from ddpm.training.train import TrainingError, train

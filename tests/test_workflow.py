@@ -24,7 +24,7 @@ from conftest import (
     write_config,
 )
 
-from ddpm.pipeline.layout import TIMING_FIELDS, read_checkpoint, read_final, read_log
+from ddpm.data.artefacts import TIMING_FIELDS, read_checkpoint, read_final, read_log
 
 
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ddpm.data.artefacts import METRIC_KEYS, read_samples
 from ddpm.diffusion.devices import select_device
 from ddpm.evaluation import features
 from ddpm.evaluation.fidelity import NAMES, K, prdc, prdc_spread
 from ddpm.evaluation.inception import EXTRACTOR, RESIZE, extract_features, load_inception
 from ddpm.evaluation.reference import check_compatible, load_reference
 from ddpm.evaluation.scores import RealStats, fid_spread, inception_score, kid, random_halves
-from ddpm.pipeline.layout import METRIC_KEYS, VariantFiles, read_samples
+from ddpm.pipeline.layout import VariantFiles
 from ddpm.plumbing.files import atomic_write_json, check_output_dir
 
 

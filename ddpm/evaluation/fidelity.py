@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddpm.pipeline.layout import FIDELITY_SCORES
+from ddpm.data.artefacts import FIDELITY_SCORES
 
 K = 3  # neighbours: the k of both papers
 NAMES = FIDELITY_SCORES

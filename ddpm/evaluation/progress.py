@@ -11,18 +11,19 @@ numbers are comparable with each other, not with the evaluate stage's (other N, 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
+from ddpm.data.artefacts import POINT_KEYS, read_json
 from ddpm.diffusion.devices import select_device
 from ddpm.evaluation.inception import extract_features, load_inception
 from ddpm.evaluation.reference import check_compatible, load_reference
 from ddpm.evaluation.scores import RealStats, fid_spread
 from ddpm.pipeline.config import SampleConfig
-from ddpm.pipeline.layout import POINT_KEYS, ArtefactError, NetworkFiles, read_json
+from ddpm.pipeline.layout import NetworkFiles
+from ddpm.plumbing.errors import ArtefactError
 from ddpm.plumbing.files import atomic_write_json, check_output_file
 from ddpm.sampling.samplers import load_network, sample_batches
 
@@ -56,11 +57,7 @@ def measure(
     expected = network and {"network": network["id"], "settings_digest": network["settings_digest"]}
     points = snapshot_files(index_path, network and network["id"])
     info, ref = load_reference(reference, weights, cfg.evaluate.weights_sha256_prefix)
-    # The sampler of every point: deterministic DDIM, the same seeds, a fixed number of images.
-    sc = dataclasses.replace(
-        SampleConfig(), method="ddim", steps=pc.steps, eta=0.0, num_images=pc.num_images
-    )
-    sc = dataclasses.replace(sc, batch_size=pc.batch_size, seed=pc.seed, precision=pc.precision)
+    sc = _sampler(pc)
     device = select_device(pc.device, exclusive=True)
     start = time.perf_counter()
     rows = []
@@ -105,3 +102,22 @@ def _point(path: Path, expected, sc, scoring, reference, device, bars: bool) -> 
         "fid_std": fid_spread(stats, pool, halves, sc.seed, device),
         "n_images": len(images),
     }
+
+
+def _sampler(pc) -> SampleConfig:
+    """The sampler of every point: deterministic DDIM at `progress.steps`, the same seeds, a
+    fixed number of images. Every setting it samples with is spelled out here, so that it is
+    this stage's code: a changed default of the `sample` section does not move it unseen."""
+    return SampleConfig(
+        method="ddim",
+        steps=pc.steps,
+        eta=0.0,
+        spacing="linspace",
+        call_at_zero=True,
+        ddim_target="next",
+        clip_denoised=True,
+        num_images=pc.num_images,
+        batch_size=pc.batch_size,
+        seed=pc.seed,
+        precision=pc.precision,
+    )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ddpm.data.artefacts import settings_digest
 from ddpm.pipeline.config import (
     LOCATIONS,
     TUNING,
@@ -55,7 +56,7 @@ from ddpm.pipeline.fingerprints import (
     read_accepted,
     recorded_code,
 )
-from ddpm.pipeline.layout import NetworkFiles, PipelineFiles, VariantFiles, settings_digest
+from ddpm.pipeline.layout import NetworkFiles, PipelineFiles, VariantFiles
 from ddpm.plumbing.files import atomic_write_bytes
 
 Scope = Literal["once", "network", "variant", "all"]

@@ -12,3 +12,7 @@ class PipelineError(Exception):
 class DataError(PipelineError):
     """A dataset that cannot be read or made (a bad download, an unreadable image, a damaged
     dataset file)."""
+
+
+class ArtefactError(PipelineError):
+    """A file that is missing, damaged, or made for another run than the one reading it."""

@@ -19,19 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm.data.artefacts import FIDELITY_SCORES, read_log, read_samples
 from ddpm.diffusion.schedules import betas_of
 from ddpm.evaluation.verdict import Setting, Verdict, assess, headline, interval, pm, signed
 from ddpm.pipeline.config import Config, config_hash, format_value, to_dict
 from ddpm.pipeline.fingerprints import read_accepted
-from ddpm.pipeline.layout import (
-    FIDELITY_SCORES,
-    ArtefactError,
-    NetworkFiles,
-    VariantFiles,
-    read_log,
-    read_samples,
-)
+from ddpm.pipeline.layout import NetworkFiles, VariantFiles
 from ddpm.pipeline.stages import plan
+from ddpm.plumbing.errors import ArtefactError
 from ddpm.plumbing.files import atomic_write_bytes, check_output_file
 from ddpm.report.runs import collect_runs, read_or_none
 from ddpm.sampling.images import grid, png_bytes

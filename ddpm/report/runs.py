@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddpm.data.artefacts import METRIC_KEYS, read_json
 from ddpm.diffusion.schedules import betas_of, terminal_stats
 from ddpm.pipeline.config import Config
-from ddpm.pipeline.layout import (
-    METRIC_KEYS,
-    ArtefactError,
-    NetworkFiles,
-    VariantFiles,
-    read_json,
-)
+from ddpm.pipeline.layout import NetworkFiles, VariantFiles
 from ddpm.pipeline.stages import plan
+from ddpm.plumbing.errors import ArtefactError
 
 COLUMNS = [
     "run_id",

@@ -7,8 +7,8 @@ import csv
 import io
 from pathlib import Path
 
+from ddpm.data.artefacts import SCOREBOARD_KEYS
 from ddpm.pipeline.config import Config
-from ddpm.pipeline.layout import SCOREBOARD_KEYS
 from ddpm.plumbing.files import atomic_write_bytes, atomic_write_json, check_output_file
 from ddpm.report.runs import COLUMNS, collect_runs
 

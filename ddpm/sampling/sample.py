@@ -9,9 +9,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ddpm.data.artefacts import write_samples
 from ddpm.diffusion.devices import select_device
 from ddpm.diffusion.model import compile_, wants_compile
-from ddpm.pipeline.layout import VariantFiles, write_samples
+from ddpm.pipeline.layout import VariantFiles
 from ddpm.plumbing.errors import PipelineError
 from ddpm.plumbing.files import atomic_write_json, check_output_dir
 from ddpm.sampling.images import save_grid

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpm.data.artefacts import read_final
 from ddpm.diffusion.devices import autocast
 from ddpm.diffusion.model import Networks, build
 from ddpm.diffusion.process import GaussianDiffusion, Model, extract
 from ddpm.pipeline.config import DdimTarget, Spacing, Variance
-from ddpm.pipeline.layout import read_final
 
 # -- noise -----------------------------------------------------------------------------------
 

@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from ddpm import __version__
+from ddpm.data.artefacts import LOG_FIELDS, log_text, read_checkpoint
 from ddpm.data.dataset import load_dataset
 from ddpm.diffusion.devices import autocast, configure_cuda, select_device
 from ddpm.diffusion.model import MEMORY_FORMAT, build, compile_, wants_compile
 from ddpm.diffusion.unet import count_parameters
 from ddpm.pipeline.config import RESUMABLE, Config, diff_keys
-from ddpm.pipeline.layout import LOG_FIELDS, NetworkFiles, log_text, read_checkpoint
+from ddpm.pipeline.layout import NetworkFiles
 from ddpm.plumbing.errors import PipelineError
 from ddpm.plumbing.files import (
     atomic_write_bytes,
