@@ -455,24 +455,24 @@ def _moves(rows: list[dict], effects: list) -> list[dict]:
     verdict tests FID alone."""
     out = []
     for e in effects:
-        where = dict(e.at)
-
-        def mean(level, key, e=e, where=where):
-            values = [
-                r[key]
-                for r in rows
-                if r.get(key) is not None
-                and format_value(r["params"].get(e.axis)) == level
-                and all(format_value(r["params"].get(k)) == v for k, v in where.items())
-            ]
-            return sum(values) / len(values) if values else None
-
+        level, baseline = {**dict(e.at), e.axis: e.level}, {**dict(e.at), e.axis: e.baseline}
         moved = {}
         for key in ("precision", "recall"):
-            a, b = mean(e.level, key), mean(e.baseline, key)
+            a, b = _mean_at(rows, key, level), _mean_at(rows, key, baseline)
             moved[key] = None if a is None or b is None else a - b
         out.append(moved)
     return out
+
+
+def _mean_at(rows: list[dict], key: str, levels: dict[str, str]) -> float | None:
+    """The mean of `key` over the rows at these (formatted) grid levels; None without any."""
+    values = [
+        r[key]
+        for r in rows
+        if r.get(key) is not None
+        and all(format_value(r["params"].get(axis)) == v for axis, v in levels.items())
+    ]
+    return sum(values) / len(values) if values else None
 
 
 def _progress(rows: list[dict], runs_dir: Path) -> dict[str, list[dict]]:
