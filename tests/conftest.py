@@ -168,7 +168,7 @@ TINY = {
         "trajectory_points": 3,
     },
     "evaluate": {
-        "inception_source": "test",
+        "inception_source": "test-small",
         "inception_weights": "results/weights/test.pth",
         "device": "cpu",
         "reference_max_images": 16,  # of the 32: Inception on the CPU is most of this stage
@@ -353,9 +353,10 @@ def scored(tmp_path_factory, worker_id) -> Path:
 
 def scored_network(root: Path, config: dict, network: str) -> Path:
     """What the stages after training read, made by hand in `root`: config.yaml, data.npy, the
-    trained network in run/, random test Inception weights and the reference statistics."""
+    trained network in run/, the small random feature network of plumbing tests (as TINY's
+    `test-small` source builds it) and the reference statistics."""
     from ddpm.data.preprocess import preprocess
-    from ddpm.evaluation.inception_weights import make_test_inception
+    from ddpm.evaluation.inception_weights import make_test_features
     from ddpm.evaluation.reference_stats import reference_stats
     from ddpm.pipeline.config import config_from_dict
     from ddpm.pipeline.stages import prepare
@@ -364,7 +365,7 @@ def scored_network(root: Path, config: dict, network: str) -> Path:
     cfg = config_from_dict(config)
     preprocess(cfg.data, root / "data.npy", bars=False)
     train_network(root, config, network, root / "run")
-    make_test_inception(root / "weights.pth")
+    make_test_features(root / "weights.pth")
     reference_stats(
         prepare("reference_stats", cfg)[0].evaluate,
         root / "data.npy",

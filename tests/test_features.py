@@ -15,7 +15,7 @@ from ddpm.evaluation.features import KIND, load_flower_features
 from ddpm.evaluation.inception import MetricsError, extract_features, load_inception
 from ddpm.evaluation.inception_weights import CLASSES, flower_targets, train_flower_features
 from ddpm.evaluation.reference_stats import reference_stats
-from ddpm.evaluation.scores import fid, fid_spread
+from ddpm.evaluation.scores import RealFID, random_halves
 from ddpm.pipeline.config import ConfigError, config_from_dict
 from ddpm.pipeline.layout import weights_sidecar
 
@@ -70,7 +70,7 @@ def test_visibly_degraded_samples_score_worse_than_clean_ones(weights):
     that starts far from pure noise leaves) or blurred score worse, by more than the noise of
     the estimate (measured: clean 1.1 +- 0.4, noise of std 20/255 22 +- 2, 3x3 blur 3.4 +- 0.5)."""
     path, _ = weights
-    real = _features(path, flower_targets(7, 600)[0])
+    real = RealFID.of(_features(path, flower_targets(7, 600)[0]))
     clean_images = flower_targets(8, 300)[0]
     scores = {}
     for name, images in (
@@ -79,7 +79,7 @@ def test_visibly_degraded_samples_score_worse_than_clean_ones(weights):
         ("blurred", _blurred(clean_images)),
     ):
         fake = _features(path, images)
-        scores[name] = (fid(real, fake), fid_spread(real, fake, 20, 0))
+        scores[name] = (real(fake), real.spread(fake, random_halves(len(fake), 20, 0)))
     clean, clean_std = scores["clean"]
     for name in ("grainy", "blurred"):
         value, std = scores[name]

@@ -1,5 +1,6 @@
-"""The `evaluate` stage: FID, IS and KID of one variant's samples against the cached reference,
-from one Inception forward pass per image."""
+"""The `evaluate` stage: FID, IS and KID (torchmetrics' classes), precision, recall, density and
+coverage of one variant's samples against the cached reference, from one forward pass of the
+feature network per image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ddpm.evaluation import features
 from ddpm.evaluation.fidelity import NAMES, K, prdc, prdc_spread
 from ddpm.evaluation.inception import EXTRACTOR, RESIZE, extract_features, load_inception
 from ddpm.evaluation.reference import check_compatible, load_reference
-from ddpm.evaluation.scores import RealStats, fid_spread, inception_score, kid, random_halves
+from ddpm.evaluation.scores import RealFID, inception_score, kid, random_halves
 from ddpm.pipeline.layout import VariantFiles
 from ddpm.plumbing.files import atomic_write_json, check_output_dir
 
@@ -43,21 +44,21 @@ def evaluate(
     feats = extract_features(net, images, eval_cfg.batch_size, device, "evaluate", bars)
     extract_s = time.perf_counter() - start
     real = ref["pool"]
-    stats = RealStats(real.to(device))  # once, for FID and its spread
+    fid = RealFID.from_state(ref["fid_state"], device)  # the real side, as the reference keeps it
     n = len(images)
+    fake, radii = feats["pool"].to(device), ref["real_radii"]  # on the GPU when there is one
     kid_mean, kid_std, kid_size = kid(
-        real, feats["pool"], eval_cfg.kid_subset_size, eval_cfg.kid_subsets, eval_cfg.seed
+        real.to(device), fake, eval_cfg.kid_subset_size, eval_cfg.kid_subsets, eval_cfg.seed
     )
     is_mean, is_std = inception_score(feats["logits"], eval_cfg.is_splits, eval_cfg.seed)
-    halves = random_halves(n, eval_cfg.fid_halves, eval_cfg.seed)
-    fake, radii = feats["pool"].to(device), ref["real_radii"]  # on the GPU when there is one
+    halves = random_halves(n, eval_cfg.fid_halves, eval_cfg.seed)  # FID's, and the rest's
     fidelity = prdc(real, fake, real_radii=radii)
     spread = prdc_spread(real, fake, halves, real_radii=radii)
     dims = real.shape[1]
     floor = ref["meta"]["floor"]
     metrics = {
-        "fid": stats.fid(feats["pool"].to(device)),
-        "fid_std": fid_spread(stats, feats["pool"], eval_cfg.fid_halves, eval_cfg.seed, device),
+        "fid": fid(fake),
+        "fid_std": fid.spread(fake, halves),
         "is_mean": is_mean,
         "is_std": is_std,
         "kid_mean": kid_mean,
@@ -104,8 +105,8 @@ def _how(eval_cfg, n: int, n_real: int, dims: int, kid_size: int, floor: dict, i
         "prdc_k": K,
         "floor": floor,
         "features": info["kind"],
-        "feature_extractor": EXTRACTOR if info["kind"] != features.KIND else features.EXTRACTOR,
-        "resize": RESIZE if info["kind"] != features.KIND else features.RESIZE,
+        "feature_extractor": features.EXTRACTOR.get(info["kind"], EXTRACTOR),
+        "resize": features.RESIZE if info["kind"] in features.KINDS else RESIZE,
         "weights_sha256": info["sha256"],
         "test_weights": info["test_weights"],
         "device": str(device),

@@ -10,6 +10,10 @@ colour x petal count, 40 classes) gives the Inception Score's logits.
 
 These numbers rank runs on the synthetic flowers; they are not comparable with published FIDs,
 which use the Inception network. Real data keeps torch-fidelity's Inception weights.
+
+The same network with seeded random weights is the tiny feature network of plumbing tests: 64
+features at 32 px, where random Inception weights give 2,048 at 299 px (each FID then solves a
+2,048 x 2,048 eigenproblem in torchmetrics, 4 s on one core). Its numbers rank nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from torch import nn
 from ddpm.plumbing.files import load_torch
 
 KIND = "synthetic-features"
-EXTRACTOR = "ddpm.evaluation.features.FlowerFeatures (trained on the synthetic flowers' attributes)"
+RANDOM_KIND = "random-test-features"  # seeded random weights: plumbing tests only
+KINDS = (KIND, RANDOM_KIND)
+EXTRACTOR = {
+    KIND: "ddpm.evaluation.features.FlowerFeatures (trained on the synthetic flowers' attributes)",
+    RANDOM_KIND: "ddpm.evaluation.features.FlowerFeatures (seeded random weights: plumbing tests)",
+}
 RESIZE = "bilinear with antialiasing to 32 x 32 (none at 32 px)"
 SIZE = 32  # the network sees every image at 32 x 32
 
@@ -87,7 +96,7 @@ def load_flower_features(path: str | Path, device: torch.device, error: type) ->
         missing=f"{path} not found",
         damaged=f"{path} is damaged; build it again with `python -m ddpm inception-weights`",
     )
-    if not isinstance(saved, dict) or saved.get("kind") != KIND:
+    if not isinstance(saved, dict) or saved.get("kind") not in KINDS:
         raise error(f"{path} does not hold flower feature weights")
     state = saved["state_dict"]
     net = FlowerFeatures(saved["width"], len(state["classes.bias"]), len(state["values.bias"]))

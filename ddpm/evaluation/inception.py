@@ -1,15 +1,12 @@
-"""FID, IS and KID from one Inception forward pass per image.
+"""The feature network of the scores, and one forward pass per image through it.
 
 The Inception network is torch-fidelity's `FeatureExtractorInceptionV3` with an explicit,
 checksummed weights file and its TF-compatible resize, so numbers match torch-fidelity and the
 original TF code (tests/test_metrics.py compares them). Each image goes through the network once;
-its pool features (2048) feed FID and KID and its unbiased logits feed IS. The three statistics
-are computed here, in float64, on those features: FID through the singular values of a product
-of two small covariance factors (no d x d eigendecomposition when a side has fewer images than
-features), KID as the unbiased MMD with the cubic polynomial kernel over random subsets, IS as
-exp E[KL(p(y|x) || p(y))] over random splits. Real-image features are computed once per
+its pool features (2048) feed FID, KID, precision and co, and its unbiased logits feed IS
+(`scores.py`: torchmetrics' classes; `fidelity.py`). Real-image features are computed once per
 preprocessed dataset and cached in a reference file keyed by the dataset's and the weights'
-sha256.
+sha256. A weights file's sidecar may instead name the flower features (`features.py`).
 """
 
 from __future__ import annotations
@@ -44,8 +41,9 @@ class MetricsError(PipelineError):
 
 def weights_info(path: str | Path) -> dict:
     """sha256 of a weights file and, from its sidecar `PATH.json`, what kind it is: `inception`
-    (the real FID weights), `random-test` (random Inception weights: plumbing tests only) or
-    `synthetic-features` (ddpm.evaluation.features, for the synthetic flowers)."""
+    (the real FID weights), `random-test` (random Inception weights: tests only),
+    `synthetic-features` (ddpm.evaluation.features, for the synthetic flowers) or
+    `random-test-features` (that network with random weights: plumbing tests only)."""
     path = Path(path)
     if not path.exists():
         raise MetricsError(
@@ -59,7 +57,7 @@ def weights_info(path: str | Path) -> dict:
     return {
         "sha256": file_digest(path),
         "kind": kind,
-        "test_weights": kind == "random-test",
+        "test_weights": kind in ("random-test", features.RANDOM_KIND),
         **({"seed": meta["seed"]} if "seed" in meta else {}),
     }
 
@@ -105,9 +103,8 @@ def _inception_v3() -> type[nn.Module]:
 
 def load_inception(weights: str | Path, device: torch.device) -> nn.Module:
     """The feature network of a weights file: torch-fidelity's `FeatureExtractorInceptionV3`,
-    or the synthetic flowers' `FlowerFeatures` when the sidecar says so (then torch-fidelity is
-    not even loaded)."""
-    if _sidecar(Path(weights)).get("kind") == features.KIND:  # the kind only: no second hash
+    or `FlowerFeatures` when the sidecar says so (then torch-fidelity is not even loaded)."""
+    if _sidecar(Path(weights)).get("kind") in features.KINDS:  # the kind only: no second hash
         return features.load_flower_features(weights, device, MetricsError)
     try:
         net = _inception_v3()("inception-v3-compat", FEATURES, str(weights))
@@ -147,12 +144,3 @@ def extract_features(
             logits.append(logit.double().cpu())
             bar.update(len(batch))
     return {"pool": torch.cat(pools), "logits": torch.cat(logits)}
-
-
-# -- the metrics ---------------------------------------------------------------------------------
-
-
-# -- stages --------------------------------------------------------------------------------------
-
-
-# -- random-weight Inception for offline tests and demos -----------------------------------------

@@ -1,7 +1,7 @@
 """The `inception_weights` stage: the feature network's weights file, from the source the config
 names: torch-fidelity's FID Inception weights (downloaded and checksummed), random test weights
-with the same architecture (offline tests), or the synthetic flowers' feature network trained
-here (the demo)."""
+with the same architecture (offline tests), the synthetic flowers' feature network trained here
+(the demo), or that network with random weights (plumbing tests)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm.data.synthetic import PETAL_COLOURS, synthetic_flower
-from ddpm.evaluation.features import KIND, SIZE, FlowerFeatures
+from ddpm.evaluation.features import KIND, RANDOM_KIND, SIZE, FlowerFeatures
 from ddpm.evaluation.inception import FEATURES, MetricsError, _inception_v3, weights_info
 from ddpm.pipeline.layout import weights_sidecar
 from ddpm.plumbing.files import (
@@ -100,6 +100,21 @@ def make_test_inception(out: str | Path, seed: int = 0, calibration_images: int 
             "note": "random weights: FID values are not comparable with published ones",
         },
     )
+    return weights_info(out)
+
+
+def make_test_features(out: str | Path, seed: int = 0, width: int = 16) -> dict:
+    """The tiny feature network of plumbing tests: `FlowerFeatures` (4 x `width` features, 32
+    px, 40 classes for IS) with seeded random weights, saved like the trained one and marked by
+    its sidecar as test weights. Its FIDs cost little and mean nothing."""
+    out = check_output_file(out)
+    torch.manual_seed(seed)
+    net = FlowerFeatures(width, CLASSES, REGRESSION)
+    with torch.no_grad():  # random features vary little: a 10x steeper head lets IS move (~1.05)
+        net.classes.weight.mul_(10)
+    save_torch(out, {"kind": RANDOM_KIND, "width": width, "state_dict": net.state_dict()})
+    note = "random weights of a small CNN: plumbing tests only; its FIDs rank nothing"
+    atomic_write_json(weights_sidecar(out), {"kind": RANDOM_KIND, "seed": seed, "note": note})
     return weights_info(out)
 
 
@@ -190,5 +205,8 @@ def make_weights(eval_cfg, out: str | Path) -> str:
             f"{out}: random-weight InceptionV3, sha256 {info['sha256']}; FIDs computed with it "
             "are not comparable with published numbers"
         )
+    if eval_cfg.inception_source == "test-small":
+        info = make_test_features(out)
+        return f"{out}: a small random-weight feature network (plumbing tests; ranks nothing)"
     info = fetch_weights(eval_cfg.weights_url, out, eval_cfg.weights_sha256_prefix)
     return f"{out}: sha256 {info['sha256']}"

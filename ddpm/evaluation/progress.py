@@ -20,7 +20,7 @@ from ddpm.data.artefacts import POINT_KEYS, read_json
 from ddpm.diffusion.devices import select_device
 from ddpm.evaluation.inception import extract_features, load_inception
 from ddpm.evaluation.reference import check_compatible, load_reference
-from ddpm.evaluation.scores import RealStats, fid_spread
+from ddpm.evaluation.scores import RealFID, random_halves
 from ddpm.pipeline.config import SampleConfig
 from ddpm.pipeline.layout import NetworkFiles
 from ddpm.plumbing.errors import ArtefactError
@@ -63,9 +63,9 @@ def measure(
     rows = []
     if points:  # with no snapshot there is no curve: the final weights alone say nothing here
         inception = load_inception(weights, device)
-        stats = RealStats(ref["pool"].to(device))
+        fid = RealFID.from_state(ref["fid_state"], device)
         for path in [*(p for _, p in points), Path(final_path)]:
-            scoring = (inception, stats, pc.fid_halves)
+            scoring = (inception, fid, pc.fid_halves)
             rows.append(_point(path, expected, sc, scoring, (reference, ref), device, bars))
     assert all(set(r) == set(POINT_KEYS) for r in rows), "a point's keys are declared in layout"
     document = {
@@ -84,9 +84,9 @@ def measure(
 
 def _point(path: Path, expected, sc, scoring, reference, device, bars: bool) -> dict:
     """One point of the curve: the FID of `sc`'s samples of the weights in `path`. `scoring`
-    is (the feature network, the real statistics, FID's halves); `reference` is (its path,
+    is (the feature network, FID with the real side set, FID's halves); `reference` is (its path,
     its contents)."""
-    inception, stats, halves = scoring
+    inception, fid, halves = scoring
     nets, state = load_network(path, device, expected)
     size = state["image_size"]
     # Before the work: the weights' image size and dataset against the reference's.
@@ -98,8 +98,8 @@ def _point(path: Path, expected, sc, scoring, reference, device, bars: bool) -> 
     return {
         "step": state["step"],
         "images_seen": state["images_seen"],
-        "fid": stats.fid(pool),
-        "fid_std": fid_spread(stats, pool, halves, sc.seed, device),
+        "fid": fid(pool),
+        "fid_std": fid.spread(pool, random_halves(len(pool), halves, sc.seed)),
         "n_images": len(images),
     }
 

@@ -15,7 +15,7 @@ def _load_reference(path: str | Path) -> dict:
     ref = load_torch(
         path, MetricsError, missing="run `python -m ddpm reference-stats` first", damaged=again
     )
-    needed = {"pool", "real_radii", "dataset_sha256", "weights_sha256", "meta"}
+    needed = {"pool", "fid_state", "real_radii", "dataset_sha256", "weights_sha256", "meta"}
     if not isinstance(ref, dict) or not needed <= set(ref):
         raise MetricsError(f"{path} is not a reference file of this version; {again}")
     return ref

@@ -1,5 +1,6 @@
-"""The `reference_stats` stage: the real images' features of a dataset, once per dataset and
-weights, with the real-vs-real floor (FID and KID between two random halves)."""
+"""The `reference_stats` stage: the real images' features of a dataset and FID's real-side metric
+state (torchmetrics'), once per dataset and weights, with the real-vs-real floor (FID and KID
+between two random halves)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ddpm.diffusion.devices import select_device
 from ddpm.evaluation.fidelity import knn_radii
 from ddpm.evaluation.inception import MetricsError, check_weights, extract_features, load_inception
 from ddpm.evaluation.reference import _load_reference
-from ddpm.evaluation.scores import fid, kid
+from ddpm.evaluation.scores import RealFID, fid, kid
 from ddpm.plumbing.files import check_output_file, save_torch
 
 
@@ -62,6 +63,8 @@ def reference_stats(
         out,
         {
             "pool": feats["pool"],
+            # FID's real side as torchmetrics keeps it: every FID of the samples starts from it
+            "fid_state": RealFID.of(feats["pool"], device).state(),
             # each real point's ball for precision, recall, density and coverage
             "real_radii": knn_radii(feats["pool"].to(device)).cpu(),
             # the record that `evaluate` checks the samples against

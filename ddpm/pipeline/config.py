@@ -266,11 +266,12 @@ class EvaluateConfig:
         "FID Inception weights file (torch-fidelity's)",
         effect="location",
     )
-    inception_source: Literal["download", "synthetic", "test"] = setting(
+    inception_source: Literal["download", "synthetic", "test", "test-small"] = setting(
         "download",
         "download the real Inception weights; or train features on the synthetic flowers' "
         "attributes (offline demo; not comparable with published FIDs); or build random "
-        "Inception weights (plumbing tests only: they do not rank quality)",
+        "Inception weights, or a small random feature network (tests only: they do not rank "
+        "quality)",
     )
     weights_url: str = setting(INCEPTION_URL, "where the inception-weights stage downloads them")
     weights_sha256_prefix: str = setting(
