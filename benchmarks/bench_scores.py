@@ -1,8 +1,9 @@
 """What scoring costs beyond the feature network, at the real config's scale by default: FID
-(ours, through the singular values of a small factor product, against torchmetrics'
-FrechetInceptionDistance.compute, a d x d non-symmetric eigendecomposition), precision /
-recall / density / coverage with their spread over random halves, the real balls' radii that
-the reference caches, KID and IS. Features are random: the cost depends on the sizes only.
+through torchmetrics' FrechetInceptionDistance (the real side's state once per reference, then
+one value and its spread over random halves, each a d x d non-symmetric eigendecomposition),
+KID and IS through torchmetrics' classes, precision / recall / density / coverage with their
+spread over the same halves, the real balls' radii that the reference caches, and torchmetrics'
+import. Features are random: the cost depends on the sizes only.
 
     python benchmarks/bench_scores.py [--real 8189] [--fake 10000] [--dims 2048] [--halves 20]
 """
@@ -21,30 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table  # noqa: E402
 
 from ddpm.evaluation.fidelity import knn_radii, prdc, prdc_spread  # noqa: E402
-from ddpm.evaluation.scores import (  # noqa: E402
-    RealStats,
-    inception_score,
-    kid,
-    random_halves,
-)
+from ddpm.evaluation.scores import RealFID, inception_score, kid, random_halves  # noqa: E402
 
 
 def _timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
-
-
-def _torchmetrics_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """torchmetrics' own FID computation from the same features (imported beforehand)."""
-    from torchmetrics.image.fid import _compute_fid
-
-    def moments(x):
-        x = x.double()
-        return x.mean(0), torch.cov(x.T)
-
-    (m1, s1), (m2, s2) = moments(real), moments(fake)
-    return float(_compute_fid(m1, s1, m2, s2))
 
 
 def _import_seconds(statement: str) -> float:
@@ -65,17 +49,13 @@ def main() -> None:
     fake = torch.randn(args.fake, args.dims, generator=g) * 1.1 + 0.1
     rows = []
 
-    seconds, stats = _timed(lambda: RealStats(real))
-    rows.append(["FID: real statistics (once per reference)", seconds])
-    seconds, ours = _timed(lambda: stats.fid(fake))
-    rows.append(["FID: one value, ours (singular values)", seconds])
-    try:
-        import torchmetrics.image.fid  # noqa: F401 - its import is measured below, not here
-    except ImportError:
-        theirs = None
-    else:
-        seconds, theirs = _timed(lambda: _torchmetrics_fid(real, fake))
-        rows.append(["FID: one value, torchmetrics' compute (eigvals)", seconds])
+    halves = random_halves(args.fake, args.halves, 0)
+    seconds, fid = _timed(lambda: RealFID.of(real))
+    rows.append(["FID: the real side's state (once per reference)", seconds])
+    seconds, value = _timed(lambda: fid(fake))
+    rows.append(["FID: one value (torchmetrics' eigvals)", seconds])
+    seconds, _ = _timed(lambda: fid.spread(fake, halves))
+    rows.append([f"FID: its spread over {args.halves} halves", seconds])
     seconds, _ = _timed(lambda: kid(real, fake, 1000, 100, 0))
     rows.append(["KID: 100 subsets of 1,000 (the config's)", seconds])
     logits = torch.randn(args.fake, 1008, generator=g, dtype=torch.float64)
@@ -85,7 +65,6 @@ def main() -> None:
     rows.append(["real balls' radii (once per reference)", seconds])
     seconds, scores = _timed(lambda: prdc(real, fake, real_radii=radii))
     rows.append(["precision, recall, density, coverage", seconds])
-    halves = random_halves(args.fake, args.halves, 0)
     seconds, _ = _timed(lambda: prdc_spread(real, fake, halves, real_radii=radii))
     rows.append([f"their spread over {args.halves} halves", seconds])
     rows.append(
@@ -101,7 +80,7 @@ def main() -> None:
     )
 
     print(table([[name, f"{s:.2f}"] for name, s in rows], ["step", "seconds"]))
-    print(f"FID ours {ours:.6f}" + (f", torchmetrics {theirs:.6f}" if theirs is not None else ""))
+    print(f"FID {value:.6f}")
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     save(
         "scores",
@@ -109,7 +88,7 @@ def main() -> None:
             "sizes": vars(args),
             "threads": torch.get_num_threads(),
             "seconds": {name: s for name, s in rows},
-            "fid": {"ours": ours, "torchmetrics": theirs},
+            "fid": value,
         },
     )
 

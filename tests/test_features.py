@@ -116,3 +116,32 @@ def test_flower_features_are_refused_for_real_data():
         config_from_dict(
             {"data": {"source": "flowers102"}, "evaluate": {"inception_source": "synthetic"}}
         )
+
+
+def test_the_small_random_network_of_plumbing_tests_scores_like_any_feature_network(tmp_path):
+    """`inception_source: test-small`: the flower network's architecture with seeded random
+    weights, marked as test weights, loaded like the others; its features and logits vary with
+    the images, so FID and IS move when the samples do, and nothing in it is trained."""
+    from ddpm.evaluation.inception import weights_info
+    from ddpm.evaluation.inception_weights import make_weights
+    from ddpm.evaluation.scores import fid, inception_score
+
+    cfg = config_from_dict({"evaluate": {"inception_source": "test-small"}}).evaluate
+    line = make_weights(cfg, tmp_path / "w.pth")
+    assert "plumbing tests" in line and weights_info(tmp_path / "w.pth")["test_weights"]
+    again = tmp_path / "again.pth"
+    make_weights(cfg, again)
+    assert weights_info(again)["sha256"] == weights_info(tmp_path / "w.pth")["sha256"], "seeded"
+    net = load_inception(tmp_path / "w.pth", CPU)
+    a, b, noise = (
+        extract_features(net, images, 16, CPU, bars=False)
+        for images in (
+            torch.from_numpy(synthetic_dataset(16, 16, 0)),
+            torch.from_numpy(synthetic_dataset(16, 16, 1)),
+            torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8),
+        )
+    )
+    assert a["pool"].shape == (16, 64) and a["logits"].shape == (16, CLASSES)
+    assert (a["pool"].std(0) > 0).all(), "every feature varies across images"
+    assert 0 < fid(a["pool"], b["pool"]) < fid(a["pool"], noise["pool"])
+    assert inception_score(a["logits"], 2, 0)[0] > 1.01
