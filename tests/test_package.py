@@ -19,6 +19,17 @@ def test_the_package_is_folders_by_domain_with_only_the_command_line_on_top():
     assert folders == DOMAINS | {"pipeline", "plumbing"}
 
 
+def test_the_tests_mirror_the_package():
+    """A module's tests sit in the folder of the same name under tests/; at the top stay only
+    the tests of the whole command line, of the package's shape and of the benchmarks."""
+    tests = PACKAGE.parent / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == DOMAINS | {"pipeline", "plumbing"}
+    assert all(any((tests / f).glob("test_*.py")) for f in folders), "no empty folder"
+    top = {p.name for p in tests.glob("test_*.py")}
+    assert top == {"test_bad_inputs.py", "test_package.py", "test_bench_gpu.py"}
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_each_module_starts_with_what_it_is_for(name):
     if name == "__main__.py":

@@ -2,10 +2,10 @@
 
 The Inception network is torch-fidelity's `FeatureExtractorInceptionV3` with an explicit,
 checksummed weights file and its TF-compatible resize, so numbers match torch-fidelity and the
-original TF code (tests/test_metrics.py compares them). Each image goes through the network once;
-its pool features (2048) feed FID, KID, precision and co, and its unbiased logits feed IS
-(`scores.py`: torchmetrics' classes; `fidelity.py`). Real-image features are computed once per
-preprocessed dataset and cached in a reference file keyed by the dataset's and the weights'
+original TF code (tests/evaluation/test_metrics.py compares them). Each image goes through the
+network once; its pool features (2048) feed FID, KID, precision and co, and its unbiased logits
+feed IS (`scores.py`: torchmetrics' classes; `fidelity.py`). Real-image features are computed
+once per preprocessed dataset and cached in a reference file keyed by the dataset's and the weights'
 sha256. A weights file's sidecar may instead name the flower features (`features.py`).
 """
 

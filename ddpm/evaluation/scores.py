@@ -82,8 +82,8 @@ class RealFID:
 
         For a smooth statistic, the variance over random halves of N values approximates the
         variance of the statistic at N itself (for a mean: s^2/(N/2) * (1 - 1/2) = s^2/N).
-        Measured against independent draws (tests/test_metrics.py), it is close where generated
-        and real features differ, and errs high (up to ~1.5x) when N is below the feature
+        Measured against independent draws (tests/evaluation/test_metrics.py), it is close where
+        generated and real features differ, and errs high (up to ~1.5x) when N is below the feature
         dimension; the with-replacement bootstrap erred high by 1.6-4x in the same cases."""
         if len(halves) < 2 or len(fake) < 4:
             return None

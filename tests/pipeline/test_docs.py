@@ -10,7 +10,7 @@ from ddpm.pipeline.config import ConfigError, config_from_dict, leaf_keys
 from ddpm.pipeline.docs import config_reference_markdown, schema_yaml, stages_markdown
 from ddpm.pipeline.stages import EVERYTHING, STAGES, read_keys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_schema_file_is_generated_from_the_dataclasses():

@@ -24,7 +24,7 @@ from ddpm.report.summary import write_summary
 from ddpm.sampling.images import save_grid
 
 ARTIFACTS = Path(
-    os.environ.get("DDPM_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts")
+    os.environ.get("DDPM_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
 )
 
 

@@ -12,7 +12,7 @@ from ddpm.pipeline.config import (
     load_config,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_load_and_real_configs_validate():

@@ -2,7 +2,7 @@
 
 A parent process stands in for the job step's Snakemake: it keeps running on SIGTERM, as
 Snakemake does, and its child checkpoints-and-exits on SIGTERM, as a training does. Slurm's own
-delivery is exercised in tests/test_slurm.py."""
+delivery is exercised in tests/pipeline/test_slurm.py."""
 
 import os
 import signal

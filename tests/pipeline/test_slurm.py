@@ -33,6 +33,7 @@ from conftest import ENV, ROOT, TINY, make_project
 from ddpm.data.artefacts import read_log
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+# Marks the files this test wrote (an identifier: kept when the test moved into tests/pipeline/)
 MARK = "# written by ddpm-pipeline's tests/test_slurm.py"
 STEPS = 150  # per training; the cancel comes after the first 10
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")

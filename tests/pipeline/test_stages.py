@@ -18,7 +18,7 @@ from ddpm.pipeline.config import (
 )
 from ddpm.pipeline.stages import plan, read_keys, table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOWERS = config_from_dict({"model": {"preset": "tiny"}})
 SYNTHETIC = config_from_dict(TINY)
 
