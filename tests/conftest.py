@@ -192,6 +192,13 @@ ENV = {
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
+# The command that writes dvc.yaml (and params.yaml) from the project's config.
+DVC_YAML = (
+    *("python", "-m", "ddpm", "dvc-yaml"),
+    *("--config", "config/config.yaml", "--out", "dvc.yaml"),
+)
+
+
 def write_config(project: Path, cfg: dict) -> None:
     (project / "config").mkdir(exist_ok=True)
     (project / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -215,17 +222,7 @@ def make_project(dest: Path, cfg: dict, *, dvc: bool = False) -> Path:
         shutil.copy2(ROOT / name, dest / name)
     write_config(dest, cfg)
     if dvc:
-        run_tool(
-            dest,
-            "python",
-            "-m",
-            "ddpm",
-            "dvc-yaml",
-            "--config",
-            "config/config.yaml",
-            "--out",
-            "dvc.yaml",
-        )
+        run_tool(dest, *DVC_YAML)
         run_tool(dest, "git", "init", "-q")
         commit(dest, "project")
     return dest

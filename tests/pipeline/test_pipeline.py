@@ -18,6 +18,7 @@ import re
 import pytest
 import yaml
 from conftest import (
+    DVC_YAML,
     GIT,
     TINY,
     built_once,
@@ -37,16 +38,6 @@ from ddpm.pipeline.config import load_config
 from ddpm.pipeline.stages import STAGES, read_keys
 
 CONFIG = {**TINY, "grid": {"T": [20]}}
-DVC_YAML = (
-    "python",
-    "-m",
-    "ddpm",
-    "dvc-yaml",
-    "--config",
-    "config/config.yaml",
-    "--out",
-    "dvc.yaml",
-)
 
 
 def _share(root, config=CONFIG):
