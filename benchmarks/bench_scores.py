@@ -11,7 +11,6 @@ import. Features are random: the cost depends on the sizes only.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import import_seconds, save, table  # noqa: E402
 
 from ddpm.evaluation.fidelity import knn_radii, prdc, prdc_spread  # noqa: E402
 from ddpm.evaluation.scores import RealFID, inception_score, kid, random_halves  # noqa: E402
@@ -29,12 +28,6 @@ def _timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
-
-
-def _import_seconds(statement: str) -> float:
-    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return float(out.stdout) if out.returncode == 0 else float("nan")
 
 
 def main() -> None:
@@ -70,12 +63,12 @@ def main() -> None:
     rows.append(
         [
             "import torchmetrics' three metric classes",
-            _import_seconds(
+            import_seconds(
                 "from torchmetrics.image.fid import FrechetInceptionDistance; "
                 "from torchmetrics.image.kid import KernelInceptionDistance; "
                 "from torchmetrics.image.inception import InceptionScore"
             )
-            - _import_seconds("import torch"),
+            - import_seconds("import torch"),
         ]
     )
 

@@ -6,12 +6,21 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def import_seconds(statement: str) -> float:
+    """Seconds that `statement` (imports) takes in a fresh interpreter; NaN if it fails."""
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(out.stdout) if out.returncode == 0 else float("nan")
 
 
 def machine() -> dict:
