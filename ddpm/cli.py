@@ -227,6 +227,23 @@ def cmd_make_test_inception(args) -> None:
     )
 
 
+def cmd_dinov2_weights(args) -> None:
+    from ddpm.evaluation.dinov2_weights import make_weights
+
+    print(make_weights(_job(args, "dinov2_weights")[0].evaluate, args.out))
+
+
+def cmd_dinov2_reference(args) -> None:
+    from ddpm.evaluation.dinov2_reference import dinov2_reference
+
+    ec = _job(args, "dinov2_reference")[0].evaluate
+    record = dinov2_reference(ec, args.data, args.weights, args.out)
+    print(
+        f"{args.out}: {record['n_real']} real images' DINOv2 features; real-vs-real floor "
+        f"FD_DINOv2 {record['floor']['fd']:.3f}"
+    )
+
+
 def cmd_reference_stats(args) -> None:
     from ddpm.evaluation.reference_stats import reference_stats
 
@@ -243,13 +260,23 @@ def cmd_evaluate(args) -> None:
 
     cfg, document = _job(args, "evaluate")
     variant = document["instance"] or None
-    m = evaluate(cfg.evaluate, args.samples, args.reference, args.weights, args.out, variant)
-    is_spread = "" if m["is_std"] is None else f" +- {m['is_std']:.3f}"
-    print(
-        f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}, "
-        f"IS {m['is_mean']:.3f}{is_spread}, KID {m['kid_mean']:.5f} +- "
-        f"{m['kid_std']:.5f} (N = {m['n_generated']}); wrote {args.out}"
+    given = (args.dinov2_weights, args.dinov2_reference)
+    if any(given) and not all(given):
+        raise PipelineError("give both --dinov2-weights and --dinov2-reference, or neither")
+    dinov2 = given if all(given) else None
+    m = evaluate(
+        cfg.evaluate, args.samples, args.reference, args.weights, args.out, variant, dinov2=dinov2
     )
+    parts = [f"FID {m['fid']:.3f}{'' if m['fid_reliable'] else ' (unreliable at this N)'}"]
+    if "is_mean" in m:
+        parts.append(
+            f"IS {m['is_mean']:.3f}" + ("" if m["is_std"] is None else f" +- {m['is_std']:.3f}")
+        )
+    if "kid_mean" in m:
+        parts.append(f"KID {m['kid_mean']:.5f} +- {m['kid_std']:.5f}")
+    if "fd_dinov2" in m:
+        parts.append(f"FD_DINOv2 {m['fd_dinov2']:.3f}")
+    print(f"{', '.join(parts)} (N = {m['n_generated']}); wrote {args.out}")
 
 
 def cmd_summary(args) -> None:
@@ -402,6 +429,19 @@ COMMANDS = {
         (("--seed", "seed of the weights (default 0)", int),),
         kind="",
     ),
+    "dinov2-weights": Command(
+        cmd_dinov2_weights,
+        "FD_DINOv2's feature network: download and check Meta's DINOv2 ViT-L/14 weights, or "
+        "build random test weights (evaluate.dinov2_source)",
+        (("--out", "weights file to write"),),
+        kind="stage",
+    ),
+    "dinov2-reference": Command(
+        cmd_dinov2_reference,
+        "the real images' DINOv2 features, computed once (FD_DINOv2's real side)",
+        (DATA, ("--weights", "DINOv2 weights file"), ("--out", "reference file to write")),
+        kind="stage",
+    ),
     "reference-stats": Command(
         cmd_reference_stats,
         "real-image features, computed once",
@@ -410,12 +450,17 @@ COMMANDS = {
     ),
     "evaluate": Command(
         cmd_evaluate,
-        "FID, IS and KID of a variant's samples",
+        "the scores evaluate.metrics lists of a variant's samples (FID, IS, KID, precision and "
+        "co, FD_DINOv2)",
         (
             ("--samples", "samples.npz of a variant"),
             ("--reference", "reference statistics file"),
             WEIGHTS,
             ("--out", "the variant's folder (metrics.json, evaluation.json)"),
+        ),
+        (
+            ("--dinov2-weights", "DINOv2 weights file (when evaluate.metrics lists fd_dinov2)"),
+            ("--dinov2-reference", "DINOv2 reference file (when evaluate.metrics lists fd_dinov2)"),
         ),
         kind="stage",
     ),

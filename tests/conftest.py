@@ -170,6 +170,9 @@ TINY = {
     "evaluate": {
         "inception_source": "test-small",
         "inception_weights": "results/weights/test.pth",
+        # DINOv2 costs ~1 s an image on this CPU: tests/evaluation/test_dinov2.py and a pipeline
+        # test there switch FD_DINOv2 on, with a small random ViT of its family
+        "metrics": ["fid", "is", "kid", "prdc"],
         "device": "cpu",
         "reference_max_images": 16,  # of the 32: Inception on the CPU is most of this stage
         "batch_size": 16,

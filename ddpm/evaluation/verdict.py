@@ -1,5 +1,6 @@
-"""The verdict on settings: which differences in FID the sweep can tell apart, at a stated
-family-wise error, and what it would take to settle the rest.
+"""The verdict on settings: which differences in FID (or the score report.metric names) the
+sweep can tell apart, at a stated family-wise error, and what it would take to settle the rest;
+and, with a second feature space, whether FID's verdict and FD_DINOv2's agree.
 
 The sweep is a factorial design in two strata, a split plot:
 
@@ -52,6 +53,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ddpm.evaluation.names import LABELS
 from ddpm.pipeline.config import format_value
 
 SEED_KEYS = ("train.seed", "sample.seed")  # grid keys that make replicates, not settings
@@ -59,7 +61,9 @@ FAMILY_ALPHA = 0.05  # the headline's claims together
 CONFIDENCE = 0.95  # each interval of the detailed table, uncorrected
 POWER = 0.8  # what "would settle it" asks of a future sweep
 TIES_NAMED = 3  # the headline names this many settings tied with the best, then counts the rest
-SMALLEST_EFFECT = 1.0  # FID; report.smallest_effect's default, for callers without a config
+SMALLEST_EFFECT = 1.0  # report.smallest_effect's default, for callers without a config
+# The score the verdict ranks by (report.metric) as each row carries it, and how it is named.
+SCORE, SCORE_STD = "score", "score_std"
 Key = tuple[tuple[str, str], ...]  # (grid key, value as run ids spell it)
 Stratum = Literal["between networks", "within networks"]
 Source = Literal["training seeds", "pooled seeds", "sampling"]
@@ -91,7 +95,7 @@ class Setting:
 
     @property
     def values(self) -> list[float]:
-        return [r["fid"] for r in self.runs]
+        return [r[SCORE] for r in self.runs]
 
     @property
     def spread(self) -> float | None:
@@ -174,6 +178,11 @@ class Verdict:
     curves: list[Convergence] = field(default_factory=list)  # networks with FID over training
     smallest_effect: float = SMALLEST_EFFECT
     design: _Design | None = None
+    metric: str = "fid"  # report.metric: what `settings`, `tests` and `against_best` are of
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.metric, self.metric)
 
     @property
     def effects(self) -> list[Test]:
@@ -254,7 +263,7 @@ class _Design:
         groups: dict[tuple[str, Key], list[dict]] = {}
         self.train_of: dict[str, Key] = {}
         for row in rows:
-            if row.get("fid") is None:
+            if row.get(SCORE) is None:
                 continue
             w = _key(row, sample_axes)
             groups.setdefault((row["network"], w), []).append(row)
@@ -262,9 +271,9 @@ class _Design:
         # Replicates of sampling (sample.seed) within a cell: their mean, independent noise.
         self.cells: dict[tuple[str, Key], tuple[float, float | None]] = {}
         for cell, runs in groups.items():
-            sds = [r.get("fid_std") for r in runs]
+            sds = [r.get(SCORE_STD) for r in runs]
             sd = None if None in sds else math.sqrt(sum(s * s for s in sds)) / len(runs)
-            self.cells[cell] = (sum(r["fid"] for r in runs) / len(runs), sd)
+            self.cells[cell] = (sum(r[SCORE] for r in runs) / len(runs), sd)
         self.networks = list(self.train_of)
         variants = [{w for n2, w in self.cells if n2 == n} for n in self.networks]
         common = set.intersection(*variants) if variants else set()
@@ -443,7 +452,7 @@ def _settings(design: _Design, rows: list[dict], axes: list[str]) -> list[Settin
     mean's error from its cell's spread over networks trained alike, pooled over the sweep."""
     groups: dict[Key, list[dict]] = {}
     for row in rows:
-        if row.get("fid") is not None:
+        if row.get(SCORE) is not None:
             groups.setdefault(_key(row, axes), []).append(row)
     out = []
     for key, runs in groups.items():
@@ -452,7 +461,7 @@ def _settings(design: _Design, rows: list[dict], axes: list[str]) -> list[Settin
         members = {s: ns for s, ns in design.settings.items() if design.matches(s, train)}
         g = design._average(members, {w: 1.0})
         result = design.evaluate(g, {w: 1.0}) if g else None
-        mean = sum(r["fid"] for r in runs) / len(runs)
+        mean = sum(r[SCORE] for r in runs) / len(runs)
         se, df, error = (result[1], result[2], result[3]) if result else (None, None, "none")
         if error == "seeds":
             n_networks = len({r["network"] for r in runs})
@@ -463,7 +472,9 @@ def _settings(design: _Design, rows: list[dict], axes: list[str]) -> list[Settin
     return out
 
 
-def _settle(test: Test, design: _Design, family_size: int, smallest: float, rows) -> str | None:
+def _settle(
+    test: Test, design: _Design, family_size: int, smallest: float, rows, label: str = "FID"
+) -> str | None:
     """What would call an undecided main effect: seeds per setting, or images per FID."""
     if test.called or test.se is None:
         return None
@@ -485,7 +496,7 @@ def _settle(test: Test, design: _Design, family_size: int, smallest: float, rows
             df = test.df * (seeds - 1) / (per_setting - 1) if per_setting > 1 else None
             seeds = max(per_setting + 1, math.ceil(per_setting * unbias * factor(df)))
         return (
-            f"about {seeds} seeds per setting would resolve a {size:.2g}-FID difference at "
+            f"about {seeds} seeds per setting would resolve a {size:.2g}-{label} difference at "
             "this noise"
         )
     if test.error == "sampling" and test.stratum == "within networks":
@@ -493,8 +504,8 @@ def _settle(test: Test, design: _Design, family_size: int, smallest: float, rows
         if images:
             needed = math.ceil(images * max(factor(None), 1.0) / 100) * 100
             return (
-                f"about {needed:,} images per FID (now {images:,}) would resolve a "
-                f"{size:.2g}-FID difference at this noise"
+                f"about {needed:,} images per {label} (now {images:,}) would resolve a "
+                f"{size:.2g}-{label} difference at this noise"
             )
     if test.error == "sampling":
         return "train.seed in the grid (two or more seeds) is needed to measure its noise"
@@ -508,11 +519,15 @@ def assess(
     *,
     sampling_axes: list[str] | None = None,
     smallest_effect: float = SMALLEST_EFFECT,
+    metric: str = "fid",
 ) -> Verdict:
     """The sweep's settings, each axis's effects and interactions, the best setting against the
     others, all at one family-wise level; and each network's convergence from its FID over
     training (`progress`: network -> points). `sampling_axes` are the grid keys that make
-    variants of one network (the plan's); by default, those whose values vary within one."""
+    variants of one network (the plan's); by default, those whose values vary within one.
+    `metric` is the score compared (report.metric): its value and half-sampling spread are each
+    row's `metric` and `metric`_std."""
+    rows = [{**r, SCORE: r.get(metric), SCORE_STD: r.get(f"{metric}_std")} for r in rows]
     order = [k for k in (rows[0]["params"] if rows else {}) if k in grid] or list(grid)
     seed_axes = [k for k in order if k in SEED_KEYS]
     setting_axes = [k for k in order if k not in SEED_KEYS]
@@ -530,8 +545,9 @@ def assess(
     against_best = _against_best(design, settings)
     tests, against_best, families, n_effects = _family_wise(tests, against_best, len(settings))
     tests = _breakdowns_where_called(tests, axes)
+    size, label = families * n_effects, LABELS.get(metric, metric)
     tests = [
-        _replace(t, settle=_settle(t, design, families * n_effects, smallest_effect, rows))
+        _replace(t, settle=_settle(t, design, size, smallest_effect, rows, label))
         if t.kind == "main"
         else t
         for t in tests
@@ -552,6 +568,7 @@ def assess(
         curves,
         smallest_effect,
         design,
+        metric,
     )
 
 
@@ -857,7 +874,7 @@ def headline(verdict: Verdict) -> list[str]:
         return ["No run has been scored yet."]
     best = verdict.best
     seeds = f", mean of {best.n} seeds" if best.n > 1 else ""
-    first = f"Lowest FID: {best.label} ({pm(best.mean, best.se)}{seeds})."
+    first = f"Lowest {verdict.label}: {best.label} ({pm(best.mean, best.se)}{seeds})."
     ties = [t for t in verdict.against_best if not t.called]
     if ties:
         named = "; ".join(t.level for t in sorted(ties, key=lambda t: t.estimate)[:TIES_NAMED])
@@ -909,3 +926,72 @@ def caveat(verdict: Verdict) -> str:
             "luck. Add train.seed to the grid (two or three values) to settle it."
         )
     return f"{claims} {noise}"
+
+
+# -- two feature spaces --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One main effect as two scores see it (each at its own family-wise level)."""
+
+    axis: str
+    level: str
+    baseline: str
+    first: Test  # by the verdict's score (report.metric)
+    second: Test  # by the other score
+    labels: tuple[str, str]  # their names
+
+    @property
+    def words(self) -> str:
+        a, b = self.first, self.second
+        same = (a.estimate < 0) == (b.estimate < 0)
+        if a.called and b.called:
+            return "agree" if same else "disagree: both call it, in opposite directions"
+        if a.called or b.called:
+            lone = self.labels[0] if a.called else self.labels[1]
+            return f"{'same direction' if same else 'opposite directions'}; only {lone} calls it"
+        return "neither calls it"
+
+
+def agreement(first: Verdict, second: Verdict) -> list[Agreement]:
+    """Each main effect of `first` beside the same effect in `second` (the same sweep scored by
+    another metric), for the report's "do FID and FD_DINOv2 agree?" table."""
+    by_key = {(t.axis, t.level, t.baseline): t for t in second.tests if t.kind == "main"}
+    return [
+        Agreement(
+            t.axis,
+            t.level,
+            t.baseline,
+            t,
+            by_key[(t.axis, t.level, t.baseline)],
+            (first.label, second.label),
+        )
+        for t in first.tests
+        if t.kind == "main" and (t.axis, t.level, t.baseline) in by_key
+    ]
+
+
+def agreement_sentence(pairs: list[Agreement], first: Verdict, second: Verdict) -> str:
+    """Whether the two scores tell the same story: their best settings and their main effects."""
+    same_best = first.best is not None and second.best is not None
+    same_best = same_best and first.best.key == second.best.key
+    best = (
+        f"{first.label} and {second.label} rank the same setting best ({first.best.label})"
+        if same_best
+        else f"{first.label} ranks {first.best.label} best, {second.label} "
+        f"{second.best.label if second.best else 'nothing'}"
+    )
+    if not pairs:
+        return best + "."
+    agree = sum(p.words == "agree" for p in pairs)
+    disagree = [p for p in pairs if p.words.startswith("disagree")]
+    split = [p for p in pairs if "only " in p.words]
+    effects = f"{len(pairs)} effect{'s' if len(pairs) > 1 else ''}"
+    text = f"{best}; of {effects}, both call {agree} the same way"
+    if disagree:
+        text += ", and call " + ", ".join(f"{p.axis} = {p.level}" for p in disagree)
+        text += " in opposite directions"
+    if split:
+        text += f"; {len(split)} only one of them calls"
+    return text + "."

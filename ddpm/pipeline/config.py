@@ -76,6 +76,9 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth"
 )
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
+# What evaluate.metrics may list: scores of the Inception features, and FD_DINOv2.
+Score = Literal["fid", "is", "kid", "prdc", "fd_dinov2"]
 
 # Values that meant something else once: the error for them says what to write instead.
 RENAMED_VALUES = {"diffusion.schedule": RENAMED}
@@ -289,6 +292,28 @@ class EvaluateConfig:
         None, "use at most this many real images for reference statistics (null: all)", ge=4
     )
     seed: int = setting(0, "seed of KID subsets and the real-vs-real split", ge=0)
+    metrics: tuple[Score, ...] = setting(
+        ("fid", "is", "kid", "prdc", "fd_dinov2"),
+        "scores to compute: fid (always), is, kid, prdc (precision, recall, density, coverage), "
+        "fd_dinov2 (Frechet distance of DINOv2 ViT-L/14 features, as EDM2 reports; ~1 s an image "
+        "on a CPU)",
+    )
+    dinov2_weights: str = setting(
+        "results/weights/dinov2_vitl14_pretrain.pth",
+        "DINOv2 ViT-L/14 weights file (Meta's original), when metrics lists fd_dinov2",
+        effect="location",
+    )
+    dinov2_source: Literal["download", "test", "test-small"] = setting(
+        "download",
+        "download Meta's DINOv2 ViT-L/14 weights; or build random ones of that architecture, or "
+        "of a 2-block ViT of its family (tests only: they rank nothing)",
+    )
+    dinov2_url: str = setting(DINOV2_URL, "where the dinov2-weights stage downloads them")
+    dinov2_sha256_prefix: str = setting(
+        "",
+        "leading hex digits of the DINOv2 weights' sha256; empty: not pinned (no checksum is "
+        "published), then the file's size and architecture are checked and its sha256 recorded",
+    )
 
 
 @dataclass(frozen=True)
@@ -316,10 +341,13 @@ class ReportConfig:
         4, "samples per run matched to their nearest training images", ge=0
     )
     nearest_neighbours: int = setting(3, "training images shown per memorisation sample", ge=1)
+    metric: Literal["fid", "fd_dinov2"] = setting(
+        "fid", "the score the verdict ranks settings by (one that evaluate.metrics lists)"
+    )
     smallest_effect: float = setting(
         1.0,
-        "the smallest FID difference that matters: undecided comparisons say what would "
-        "resolve it, and FID over training is flat when it changes less per 10% of training",
+        "the smallest difference of report.metric that matters: undecided comparisons say what "
+        "would resolve it, and FID over training is flat when it changes less per 10% of training",
         gt=0.0,
     )
 
@@ -522,6 +550,18 @@ def _check_consistency(cfg: Config) -> None:
             "evaluate.inception_source: 'synthetic' features only describe the synthetic "
             f"flowers, not data.source '{cfg.data.source}'; use 'download' (the real Inception)"
         )
+    # Checked where a job reads them, and together where it reads both (the whole config).
+    metrics, ranked = _declared(cfg, "evaluate.metrics"), _declared(cfg, "report.metric")
+    if metrics is not None and "fid" not in metrics:
+        raise ConfigError(
+            f"evaluate.metrics: {list(metrics)} must list fid (FID over training, the report's "
+            "floors and the scores' feature pass all rest on it)"
+        )
+    if metrics is not None and ranked is not None and ranked not in metrics:
+        raise ConfigError(
+            f"report.metric: {ranked!r} ranks the verdict, so evaluate.metrics must list it too "
+            f"(it lists {list(metrics)})"
+        )
     if cfg.train.batch_size % cfg.train.gpus:
         raise ConfigError(
             f"train.batch_size: {cfg.train.batch_size} images cannot be split evenly among "
@@ -537,6 +577,16 @@ def _check_consistency(cfg: Config) -> None:
         resolve_unet_config(cfg.model, cfg.data.image_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _declared(cfg: Config, dotted: str) -> Any:
+    """A setting's value, or None where the job's restricted config leaves it unread."""
+    value: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(value, Unread):
+            return None
+        value = getattr(value, part)
+    return None if isinstance(value, Unread) else value
 
 
 class UndeclaredSettingError(RuntimeError):

@@ -150,8 +150,19 @@ def _paths(paths: dict[str, str]) -> list[str]:
     return [f"  - {name}: `{template}`" for name, template in paths.items()]
 
 
+def _default_of(dotted: str):
+    value = Config()
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _stage_section(stage: Stage) -> list[str]:
-    when = f", only when `{stage.when[0]}` is `{stage.when[1]}`" if stage.when else ""
+    when = ""
+    if stage.when:
+        key, value = stage.when
+        verb = "lists" if isinstance(_default_of(key), tuple) else "is"
+        when = f", only when `{key}` {verb} `{value}`"
     instance = {"network": "{network}", "variant": "{network}/{variant}"}.get(stage.scope, "")
     settings = f"{{results}}/settings/{settings_name(stage, instance)}.json"
     lines = [

@@ -3,6 +3,7 @@
     <results>/raw/                       download: the Flowers-102 files and jpg/
     <results>/data/dataset.npy, .json    preprocess: the uint8 images and their manifest
     <results>/reference.pt               reference_stats: real-image features
+    <results>/reference_dinov2.pt        dinov2_reference: FD_DINOv2's real side
     <results>/runs/<network>/            train: `NetworkFiles` (and progress: FID of its snapshots)
     <results>/runs/<network>/<variant>/  sample and evaluate: `VariantFiles`
     <results>/settings/                  what each job read (its logs: workflow/rules/*.smk)
@@ -41,6 +42,10 @@ class PipelineFiles:
     @property
     def reference(self) -> Path:
         return self.results / "reference.pt"
+
+    @property
+    def dinov2_reference(self) -> Path:
+        return self.results / "reference_dinov2.pt"
 
     @property
     def runs(self) -> Path:

@@ -64,6 +64,8 @@ EVERYTHING = "*"
 # Path placeholders: filled from the config by `table`, and per instance by `fill`.
 RESULTS = PipelineFiles(Path("{results}"))
 WEIGHTS = "{weights}"  # evaluate.inception_weights
+DINOV2 = "{dinov2}"  # evaluate.dinov2_weights
+PATH_SETTINGS = {WEIGHTS: "evaluate.inception_weights", DINOV2: "evaluate.dinov2_weights"}
 RAW_FILE = "{results}/raw/{raw}"  # one output per file of data.md5
 NET = NetworkFiles(RESULTS.runs / "{network}")
 VAR = VariantFiles(RESULTS.runs / "{network}" / "{variant}")
@@ -85,7 +87,8 @@ class Stage:
     persist: dict[str, str] = field(default_factory=dict)  # kept across reruns (resume state)
     flags: tuple[str, ...] = ()  # options the pipeline always passes
     assets: tuple[str, ...] = ()  # package files besides modules that decide the outputs
-    when: tuple[str, Any] | None = None  # (dotted setting, value): the stage exists only then
+    # (dotted setting, value): the stage exists only when the setting is, or lists, the value
+    when: tuple[str, Any] | None = None
 
     @property
     def command(self) -> str:
@@ -160,6 +163,38 @@ STAGES: tuple[Stage, ...] = (
         tunes=("evaluate.batch_size",),
     ),
     Stage(
+        "dinov2_weights",
+        "once",
+        reads=(
+            "evaluate.dinov2_source",
+            "evaluate.dinov2_url",
+            "evaluate.dinov2_sha256_prefix",
+        ),
+        entry="evaluation/dinov2_weights.py",
+        outs={"weights": DINOV2, "sidecar": DINOV2 + ".json"},
+        args=(("--out", DINOV2),),
+        when=("evaluate.metrics", "fd_dinov2"),
+    ),
+    Stage(
+        "dinov2_reference",
+        "once",
+        reads=(
+            "evaluate.device",
+            "evaluate.reference_max_images",
+            "evaluate.seed",
+        ),
+        entry="evaluation/dinov2_reference.py",
+        deps={"data": str(RESULTS.dataset), "manifest": str(RESULTS.manifest), "weights": DINOV2},
+        outs={"reference": str(RESULTS.dinov2_reference)},
+        args=(
+            ("--data", str(RESULTS.dataset)),
+            ("--weights", DINOV2),
+            ("--out", str(RESULTS.dinov2_reference)),
+        ),
+        tunes=("evaluate.batch_size",),
+        when=("evaluate.metrics", "fd_dinov2"),
+    ),
+    Stage(
         "train",
         "network",
         reads=("model", "diffusion", "train"),
@@ -217,14 +252,28 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate",
         "variant",
-        reads=(*SCORING, "evaluate.is_splits", "evaluate.fid_halves"),
+        reads=(
+            *SCORING,
+            "evaluate.is_splits",
+            "evaluate.fid_halves",
+            "evaluate.metrics",
+        ),
         entry="evaluation/evaluate.py",
-        deps={"samples": str(VAR.samples), "reference": str(RESULTS.reference), "weights": WEIGHTS},
+        # The DINOv2 files only where their stages exist (evaluate.metrics lists fd_dinov2).
+        deps={
+            "samples": str(VAR.samples),
+            "reference": str(RESULTS.reference),
+            "weights": WEIGHTS,
+            "dinov2_reference": str(RESULTS.dinov2_reference),
+            "dinov2_weights": DINOV2,
+        },
         outs={"metrics": str(VAR.metrics), "evaluation": str(VAR.evaluation)},
         args=(
             ("--samples", str(VAR.samples)),
             ("--reference", str(RESULTS.reference)),
             ("--weights", WEIGHTS),
+            ("--dinov2-reference", str(RESULTS.dinov2_reference)),
+            ("--dinov2-weights", DINOV2),
             ("--out", str(VAR.folder)),
         ),
         tunes=("evaluate.batch_size",),
@@ -278,7 +327,14 @@ def _applies(stage: Stage, cfg: Config) -> bool:
     if stage.when is None:
         return True
     key, value = stage.when
-    return _value_of(cfg, key) == value
+    current = _value_of(cfg, key)
+    return value in current if isinstance(current, tuple) else current == value
+
+
+def _absent(cfg: Config) -> set[str]:
+    """The path templates of stages this config does not have: a stage that reads one of them
+    reads it only where it exists."""
+    return {t for s in STAGES if not _applies(s, cfg) for t in s.outs.values()} - {RAW_FILE}
 
 
 def _value_of(cfg: Config, dotted: str) -> Any:
@@ -294,16 +350,20 @@ def _downloads(cfg: Config) -> bool:
 
 
 def _bind(template: str, cfg: Config) -> str:
-    return template.replace("{results}", cfg.results_dir).replace(
-        WEIGHTS, cfg.evaluate.inception_weights
-    )
+    template = template.replace("{results}", cfg.results_dir)
+    for placeholder, key in PATH_SETTINGS.items():
+        template = template.replace(placeholder, _value_of(cfg, key))
+    return template
 
 
 def _bind_paths(templates: dict[str, str], cfg: Config) -> dict[str, str]:
     """Templates with `{results}` and `{weights}` filled in; the `{raw}` template becomes one
     entry per downloaded file (none when the data is not downloaded)."""
     out = {}
+    absent = _absent(cfg)
     for name, template in templates.items():
+        if template in absent:
+            continue
         if template != RAW_FILE:
             out[name] = _bind(template, cfg)
         elif _downloads(cfg):
@@ -317,14 +377,13 @@ def _bind_paths(templates: dict[str, str], cfg: Config) -> dict[str, str]:
 def bind(stage: Stage, cfg: Config) -> Stage:
     """`stage` with its path templates filled in for `cfg` (networks and variants still open)."""
     raw_dir = str(RESULTS.raw)
+    absent = _absent(cfg) | (set() if _downloads(cfg) else {raw_dir})
     return dataclasses.replace(
         stage,
         outs=_bind_paths(stage.outs, cfg),
         deps=_bind_paths(stage.deps, cfg),
         persist=_bind_paths(stage.persist, cfg),
-        args=tuple(
-            (flag, _bind(t, cfg)) for flag, t in stage.args if t != raw_dir or _downloads(cfg)
-        ),
+        args=tuple((flag, _bind(t, cfg)) for flag, t in stage.args if t not in absent),
     )
 
 
@@ -351,9 +410,11 @@ def get_stage(name: str, cfg: Config | None = None) -> Stage:
     stage = BY_NAME[name]
     if not _applies(stage, cfg):
         key, value = stage.when
+        current = _value_of(cfg, key)
+        verb = "lists" if isinstance(current, tuple) else "is"
         raise ConfigError(
-            f"stage '{name}' runs only when {key} is {value!r}; this config's {key} is "
-            f"{_value_of(cfg, key)!r}"
+            f"stage '{name}' runs only when {key} {verb} {value!r}; this config's {key} is "
+            f"{list(current) if isinstance(current, tuple) else current!r}"
         )
     return bind(stage, cfg)
 
@@ -417,8 +478,9 @@ def readers(key: str) -> list[str]:
         return []
     if key == "results_dir":
         return [s.name for s in STAGES]
-    if key in LOCATIONS:  # evaluate.inception_weights: a path in the table
-        return [s.name for s in STAGES if any(WEIGHTS in t for t in s.outs.values())]
+    if key in LOCATIONS:  # a weights file: a path in the table
+        placeholder = next(p for p, k in PATH_SETTINGS.items() if k == key)
+        return [s.name for s in STAGES if any(placeholder in t for t in s.outs.values())]
     return [s.name for s in STAGES if key in read_keys(s)]
 
 

@@ -21,7 +21,17 @@ import numpy as np
 
 from ddpm.data.artefacts import FIDELITY_SCORES, read_log, read_samples
 from ddpm.diffusion.schedules import betas_of
-from ddpm.evaluation.verdict import Setting, Verdict, assess, headline, interval, pm, signed
+from ddpm.evaluation.verdict import (
+    Setting,
+    Verdict,
+    agreement,
+    agreement_sentence,
+    assess,
+    headline,
+    interval,
+    pm,
+    signed,
+)
 from ddpm.pipeline.config import Config, config_hash, format_value, to_dict
 from ddpm.pipeline.fingerprints import read_accepted
 from ddpm.pipeline.layout import NetworkFiles, VariantFiles
@@ -87,13 +97,18 @@ def _plots(
 
     plots = _loss_plots(plt, rows, runs_dir)
     plots["schedules"] = _schedule_plot(plt, cfg)
-    scored = [r for r in rows if r.get("fid") is not None]
+    # The runs by the verdict's score, as the plots read them (`fid`, `fid_std`).
+    m = verdict.metric
+    scored = [
+        {**r, "fid": r[m], "fid_std": r.get(f"{m}_std")} for r in rows if r.get(m) is not None
+    ]
     if verdict.axes and verdict.settings:
-        plots["effects"] = _effect_plots(verdict, floor)
+        plots["effects"] = _effect_plots(verdict, floor if m == "fid" else None)
     if verdict.curves:
         plots["progress"] = _progress_plot(verdict)
     if leaders:
-        plots["cost"] = _cost_plots([r for r in scored if r.get("nfe_per_image")], leaders)
+        costed = [r for r in scored if r.get("nfe_per_image")]
+        plots["cost"] = _figure_uri(cost_figure(costed, leaders, verdict.label))
     return plots
 
 
@@ -178,7 +193,8 @@ def _effect_plots(verdict: Verdict, floor: float | None) -> str:
         for i, (combo, settings) in enumerate(lines.items()):
             points = sorted(settings, key=lambda s: levels.index(s.get(axis)))
             x = [levels.index(s.get(axis)) for s in points]
-            label = ", ".join(f"{k}={v}" for k, v in zip(others, combo, strict=True)) or "FID"
+            named = ", ".join(f"{k}={v}" for k, v in zip(others, combo, strict=True))
+            label = named or verdict.label
             ax.errorbar(
                 x,
                 [s.mean for s in points],
@@ -193,7 +209,7 @@ def _effect_plots(verdict: Verdict, floor: float | None) -> str:
                     ax.plot([xi] * s.n, s.values, ".", color=f"C{i % 10}", alpha=0.5)
         ax.set_xticks(range(len(levels)), [str(v) for v in levels])
         ax.set_xlim(-0.3, len(levels) - 0.7)
-        ax.set(xlabel=axis, ylabel="FID", title=f"FID by {axis}")
+        ax.set(xlabel=axis, ylabel=verdict.label, title=f"{verdict.label} by {axis}")
         ax.grid(alpha=0.3, axis="y")
         if floor is not None:
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
@@ -256,13 +272,10 @@ SAMPLER_STYLES = {
 }
 
 
-def _cost_plots(costed: list[dict], leaders: dict[int, dict]) -> str:
-    return _figure_uri(cost_figure(costed, leaders))
-
-
-def cost_figure(costed: list[dict], leaders: dict[int, dict]):
-    """FID against sampling cost: a colour per trained network, a line style per sampler; a
-    star marks the best run at each number of network evaluations."""
+def cost_figure(costed: list[dict], leaders: dict[int, dict], label: str = "FID"):
+    """The score (`label`; each row's `fid`) against sampling cost: a colour per trained
+    network, a line style per sampler; a star marks the best run at each number of network
+    evaluations."""
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -299,27 +312,27 @@ def cost_figure(costed: list[dict], leaders: dict[int, dict]):
             linestyle="none",
             zorder=5,
         )
-    _cost_axes(a1, a2, costed)
+    _cost_axes(a1, a2, costed, label)
     a1.legend(fontsize=7)
     return fig
 
 
-def _cost_axes(a1, a2, costed: list[dict]) -> None:
+def _cost_axes(a1, a2, costed: list[dict], label: str) -> None:
     """Labels and ticks of the cost figure: the measured budgets on one axis, seconds on a log
     scale on the other."""
     import matplotlib.ticker
 
     a1.set(
         xlabel="network evaluations per image",
-        ylabel="FID",
+        ylabel=label,
         xscale="log",
-        title="FID against sampling steps (star: best at that budget)",
+        title=f"{label} against sampling steps (star: best at that budget)",
     )
     a2.set(
         xlabel="sampling seconds per 1,000 images",
-        ylabel="FID",
+        ylabel=label,
         xscale="log",
-        title="FID against sampling time",
+        title=f"{label} against sampling time",
     )
     nfes = sorted({r["nfe_per_image"] for r in costed})
     a1.set_xticks(nfes, [str(n) for n in nfes])
@@ -556,14 +569,30 @@ def build_report(
     runs_dir = Path(runs_dir)
     rows = collect_runs(cfg, runs_dir)
     _add_pictures(cfg, rows, runs_dir, data_path)
-    verdict = assess(
-        rows,
-        cfg.grid,
-        _progress(rows, runs_dir),
-        sampling_axes=plan(cfg).variant_axes,
-        smallest_effect=cfg.report.smallest_effect,
-    )
+    progress = _progress(rows, runs_dir)
+
+    def by(metric: str) -> Verdict:
+        return assess(
+            rows,
+            cfg.grid,
+            progress,
+            sampling_axes=plan(cfg).variant_axes,
+            smallest_effect=cfg.report.smallest_effect,
+            metric=metric,
+        )
+
+    verdict = by(cfg.report.metric)
     context = _context(cfg, rows, runs_dir, verdict)
+    context["agreement"] = None
+    if any(r.get("fd_dinov2") is not None for r in rows):  # two feature spaces: do they agree?
+        other = by("fd_dinov2" if cfg.report.metric == "fid" else "fid")
+        pairs = agreement(verdict, other)
+        context["agreement"] = {
+            "pairs": pairs,
+            "sentence": agreement_sentence(pairs, verdict, other),
+            "other": other,
+        }
+        context["headline"].insert(1, context["agreement"]["sentence"])
     context["footer"] = _footer(cfg, rows, accepted)
     _render(context, out)
     return context
@@ -621,6 +650,9 @@ def _context(cfg: Config, rows: list[dict], runs_dir: Path, verdict: Verdict) ->
         "shared": {k: v for k, v in to_dict(cfg, skip_unread=True).items() if k != "grid"},
         "plots": _plots(cfg, rows, runs_dir, floor, leaders, verdict),
         "test_weights": any(r.get("test_weights") for r in rows),
+        "dinov2_weights": next(
+            (r["dinov2_weights"] for r in rows if r.get("dinov2_weights")), None
+        ),
         "flower_features": any(r.get("features") == "synthetic-features" for r in rows),
         "far_threshold": FAR_FROM_NOISE,
         "eps_threshold": EPS_NEAR_ZERO,

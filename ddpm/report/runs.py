@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ddpm.data.artefacts import METRIC_KEYS, read_json
 from ddpm.diffusion.schedules import betas_of, terminal_stats
+from ddpm.evaluation.names import DINOV2_KEYS
 from ddpm.pipeline.config import Config
 from ddpm.pipeline.layout import NetworkFiles, VariantFiles
 from ddpm.pipeline.stages import plan
@@ -35,7 +36,8 @@ COLUMNS = [
 
 
 EVALUATION_KEYS = ["fid_reliable", "test_weights", "features"]
-COLUMNS += list(METRIC_KEYS) + EVALUATION_KEYS
+SCORE_KEYS = [*METRIC_KEYS, *DINOV2_KEYS]  # those evaluate.metrics leaves out stay empty
+COLUMNS += SCORE_KEYS + EVALUATION_KEYS
 
 
 # The seed project's setting: T = 350 with betas rising linearly from 1e-4 to 2e-2.
@@ -115,5 +117,6 @@ def _fill(row: dict, train, sample, metrics, evaluation) -> None:
         row["nfe_per_image"] = sample["nfe_per_image"]
         row["sample_s_per_1000"] = 1000 / sample["images_per_s"]
     if metrics and evaluation:
-        row.update({k: metrics.get(k) for k in METRIC_KEYS})
+        row.update({k: metrics.get(k) for k in SCORE_KEYS})
         row.update({k: evaluation.get(k) for k in EVALUATION_KEYS})
+        row["dinov2_weights"] = evaluation.get("dinov2")  # how FD_DINOv2 was computed, if it was

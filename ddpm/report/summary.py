@@ -14,11 +14,13 @@ from ddpm.report.runs import COLUMNS, collect_runs
 
 
 def scoreboard(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """The headline numbers of every scored run, by run id: numbers only, for DVC."""
+    """The headline numbers of every scored run, by run id: numbers only, for DVC (those that
+    evaluate.metrics leaves out are left out)."""
+    keys = (*SCOREBOARD_KEYS, "fd_dinov2")
     return {
-        r["run_id"]: {k: r[k] for k in SCOREBOARD_KEYS}
+        r["run_id"]: {k: r[k] for k in keys if r.get(k) is not None}
         for r in rows
-        if all(r[k] is not None for k in SCOREBOARD_KEYS)
+        if r.get("fid") is not None
     }
 
 

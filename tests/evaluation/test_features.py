@@ -92,7 +92,12 @@ def test_flower_features_evaluate_like_inception_weights(weights, tmp_path):
     cfg = config_from_dict(
         {
             "data": {"source": "synthetic", "synthetic_count": 100, "image_size": 32},
-            "evaluate": {"device": "cpu", "inception_source": "synthetic", "kid_subset_size": 50},
+            "evaluate": {
+                "device": "cpu",
+                "inception_source": "synthetic",
+                "kid_subset_size": 50,
+                "metrics": ["fid", "is", "kid", "prdc"],
+            },
         }
     )
     preprocess(cfg.data, data, bars=False)

@@ -51,6 +51,7 @@ def eval_cfg(**kw):
                 "is_splits": 2,
                 # each FID is a 2,048 x 2,048 eigenproblem in torchmetrics: 3 s on this CPU
                 "fid_halves": 2,
+                "metrics": ["fid", "is", "kid", "prdc"],  # FD_DINOv2: test_dinov2.py
                 **kw,
             }
         }

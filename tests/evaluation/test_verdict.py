@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ddpm.evaluation.verdict import assess, caveat, convergence, headline, holm, pm
+from ddpm.evaluation.verdict import (
+    agreement,
+    agreement_sentence,
+    assess,
+    caveat,
+    convergence,
+    headline,
+    holm,
+    pm,
+)
 
 # -- simulated sweeps ----------------------------------------------------------------------------
 
@@ -359,3 +368,64 @@ def test_a_missing_run_leaves_an_unbalanced_sweep_that_is_still_judged():
     assert ddim25.df == 6 and not ddim25.called  # that network has no ddim-25
     assert len(verdict.settings) == 12
     assert headline(assess([], grid)) == ["No run has been scored yet."]
+
+
+# -- a second feature space -----------------------------------------------------------------------
+
+
+def two_scores(rng, fd_sampler_effect=None, **kwargs):
+    """A sweep scored twice: FID as `simulate` makes it, and FD_DINOv2 on 10x its scale with
+    noise of its own (another draw of the same design), its sampler effect `fd_sampler_effect`
+    (FID's, by default)."""
+    rows, grid = simulate(rng, **kwargs)
+    fd_kwargs = {**kwargs, "sampler_effect": fd_sampler_effect or kwargs.get("sampler_effect")}
+    other, _ = simulate(rng, **fd_kwargs)
+    for row, twin in zip(rows, other, strict=True):
+        row["fd_dinov2"], row["fd_dinov2_std"] = 10 * twin["fid"], 10 * twin["fid_std"]
+    return rows, grid
+
+
+def _agreement_of(rows, grid, axis="sampler", level="dpm-10"):
+    first, second = judge(rows, grid), judge(rows, grid, metric="fd_dinov2")
+    pairs = agreement(first, second)
+    return next(p for p in pairs if (p.axis, p.level) == (axis, level)), first, second
+
+
+def test_report_metric_ranks_and_tests_by_the_score_it_names():
+    """The verdict on FD_DINOv2 is the verdict on FID's design with FD_DINOv2's numbers: its
+    settings' means are theirs, its effects are on their scale, its headline names it."""
+    rng = np.random.default_rng(7)
+    rows, grid = two_scores(rng, sampler_effect=(0.0, 0.0, 3.0), fd_sampler_effect=(0.0, 0.0, -3.0))
+    by_fid, by_fd = judge(rows, grid), judge(rows, grid, metric="fd_dinov2")
+    for setting in by_fd.settings:
+        assert setting.mean == pytest.approx(np.mean([r["fd_dinov2"] for r in setting.runs]))
+    assert main_effect(by_fid, "sampler", "dpm-10").estimate > 0
+    assert main_effect(by_fd, "sampler", "dpm-10").estimate < -10, "FD's scale, FD's sign"
+    assert by_fid.best.get("sampler") != "dpm-10" and by_fd.best.get("sampler") == "dpm-10"
+    assert headline(by_fd)[0].startswith("Lowest FD_DINOv2: ")
+    assert by_fd.label == "FD_DINOv2" and by_fid.label == "FID"
+
+
+def test_two_scores_that_measure_one_truth_agree_and_opposite_truths_are_shown_to_disagree():
+    """Counted over simulated sweeps: with no true effect, the two verdicts call an effect in
+    opposite directions in under 1% of sweeps (each calls at most 5% falsely); with one effect
+    of 3 sampling sigmas in both, they agree on it in at least 80%; with opposite true effects,
+    the table says they disagree in at least 80%, and the sentence names the effect."""
+    rng = np.random.default_rng(8)
+    n = 120
+    clash = sum(_agreement_of(*two_scores(rng))[0].words.startswith("disagree") for _ in range(n))
+    assert rate(clash, n) <= 0.01 + margin(0.01, n)
+    effect = (0.0, 0.0, 3.0)
+    agree = sum(
+        _agreement_of(*two_scores(rng, sampler_effect=effect))[0].words == "agree" for _ in range(n)
+    )
+    assert rate(agree, n) >= 0.8, rate(agree, n)
+    opposite, sentence = 0, ""
+    for _ in range(n):
+        rows, grid = two_scores(rng, sampler_effect=effect, fd_sampler_effect=(0.0, 0.0, -3.0))
+        pair, first, second = _agreement_of(rows, grid)
+        opposite += pair.words.startswith("disagree")
+        if pair.words.startswith("disagree"):
+            sentence = agreement_sentence(agreement(first, second), first, second)
+    assert rate(opposite, n) >= 0.8, rate(opposite, n)
+    assert "sampler = dpm-10 in opposite directions" in sentence

@@ -118,3 +118,23 @@ def test_a_params_layer_replaces_the_configs_settings_and_refuses_unknown_ones(t
     layer.write_text(yaml.safe_dump({"train": {"lr": -1.0}}))
     with pytest.raises(ConfigError, match="with .*params.yaml: .*train.lr"):
         load_config(config, layer=layer)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"evaluate": {"metrics": ["kid", "is"]}},
+            r"evaluate.metrics: \['kid', 'is'\] must list fid",
+        ),
+        ({"evaluate": {"metrics": ["fid", "lpips"]}}, "evaluate.metrics.*'lpips'.*'fd_dinov2'"),
+        (
+            {"evaluate": {"metrics": ["fid"]}, "report": {"metric": "fd_dinov2"}},
+            r"report.metric: 'fd_dinov2' ranks the verdict, so evaluate.metrics must list it",
+        ),
+        ({"report": {"metric": "kid"}}, "report.metric.*'fid', 'fd_dinov2'"),
+    ],
+)
+def test_scores_that_cannot_be_computed_or_ranked_by_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(settings)

@@ -65,7 +65,7 @@ def test_snakemake_and_dvc_agree_on_runs_and_paths(tmp_path):
     }
     # DVC versions the settings as one folder, Snakemake writes them one file each.
     settings = {p for p in ours if p.startswith("results/settings/")}
-    assert len(settings) == 70 and "results/settings" in theirs
+    assert len(settings) == 72 and "results/settings" in theirs
     # DVC also versions each network's checkpoint.pt and snapshots (kept across reruns so
     # training can resume).
     assert theirs - ours == {"results/settings"} | {

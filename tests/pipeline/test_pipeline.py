@@ -34,10 +34,11 @@ from conftest import (
     write_config,
 )
 
-from ddpm.pipeline.config import load_config
-from ddpm.pipeline.stages import STAGES, read_keys
+from ddpm.pipeline.config import config_from_dict, load_config
+from ddpm.pipeline.stages import read_keys, table
 
 CONFIG = {**TINY, "grid": {"T": [20]}}
+TABLE_CONFIG = config_from_dict(CONFIG)  # the stages of the baseline
 
 
 def _share(root, config=CONFIG):
@@ -128,7 +129,7 @@ def edit_config(section: str, **values):
     """An edit of settings as each tool's users make it: Snakemake's in config/config.yaml;
     DVC's in params.yaml where the settings are DVC params, else in the config, after which
     dvc.yaml and params.yaml are generated again (as dvc.yaml's header asks). Returns the
-    params it edited."""
+    params it edited (there, those that the regenerated params.yaml holds)."""
 
     def apply(project, tool):
         keys = {f"{section}.{key}" for key in values}
@@ -140,9 +141,11 @@ def edit_config(section: str, **values):
         cfg = copy.deepcopy(CONFIG)
         cfg.setdefault(section, {}).update(values)
         write_config(project, cfg)
-        if tool == "dvc":
-            generate_dvc_files(project)
-        return set()
+        if tool != "dvc":
+            return set()
+        generate_dvc_files(project)
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        return keys & {f"{s}.{k}" for s in params for k in params[s]}
 
     return apply
 
@@ -163,9 +166,9 @@ def generate_dvc_files(project):
     run_tool(project, *DVC_YAML)
 
 
-def readers(params: set[str]) -> set[str]:
-    """The stages that read any of these settings, as the stage table declares them."""
-    return {s.name for s in STAGES if params & set(read_keys(s))}
+def readers(params: set[str], cfg=TABLE_CONFIG) -> set[str]:
+    """The stages of `cfg` that read any of these settings, as the stage table declares them."""
+    return {s.name for s in table(cfg).values() if params & set(read_keys(s))}
 
 
 # (edit, jobs Snakemake plans, stages dvc repro runs, the tools that also run it). Stage
@@ -277,6 +280,27 @@ CASES = {
         {"settings", "evaluate"},
         (),
     ),
+    # FD_DINOv2 switched on (a small random ViT of its family): its two stages run, and
+    # evaluation with what follows; neither the Inception reference nor FID over training.
+    "FD_DINOv2 switched on": (
+        edit_config(
+            "evaluate",
+            metrics=["fid", "is", "kid", "prdc", "fd_dinov2"],
+            dinov2_source="test-small",
+            dinov2_weights="results/weights/dinov2-small.pth",
+        ),
+        {
+            "settings": 5,
+            "dinov2_weights": 1,
+            "dinov2_reference": 1,
+            "evaluate": 1,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        },
+        {"settings", "dinov2_weights", "dinov2_reference", "evaluate", "summary", "report"},
+        BOTH,
+    ),
     "data.workers (cannot change a result)": (
         edit_config("data", workers=1),
         {},
@@ -311,7 +335,10 @@ def assert_current(project, tmp_path, *, params: bool = False):
         (3, cfg.progress.num_images),
         (6, cfg.progress.num_images),
     ]
-    assert f"<title>{cfg.report.title}</title>" in (project / "results/report.html").read_text()
+    report = (project / "results/report.html").read_text()
+    assert f"<title>{cfg.report.title}</title>" in report
+    fd_on = "fd_dinov2" in cfg.evaluate.metrics  # then scored and compared with FID
+    assert ("fd_dinov2" in metrics) == fd_on and ('id="agreement"' in report) == fd_on
 
 
 def _results(project):
@@ -357,7 +384,9 @@ def test_dvc_reruns_exactly_what_an_edit_changes(baseline, tmp_path, case):
     # DVC names the stages whose declared params changed; one network: DVC names its matrix
     # stages train@20, sample@20, evaluate@20
     changed = networkless(dvc_changed_stages(project))
-    assert changed == ({"settings"} | readers(edited) if stages else set())
+    now = load_config(project / "config/config.yaml")
+    added = set(table(now)) - set(table(TABLE_CONFIG))  # stages that have never run
+    assert changed == ({"settings"} | readers(edited, now) | added if stages else set())
     if "dvc" not in runs and stages:  # the settings stage alone: DVC then lists what it would rerun
         assert dvc_repro(project, "settings") == ["settings"]
         assert networkless(dvc_changed_stages(project)) == stages - {"settings"}

@@ -65,6 +65,21 @@ EXPECTED_CODE = {
     | ARTEFACTS  # fidelity.py names its scores as metrics.json does
     | {"evaluation/reference_stats.py", "evaluation/fidelity.py"}
     | {"data/__init__.py", "data/dataset.py"},
+    "dinov2_weights": {
+        "evaluation/__init__.py",
+        "evaluation/dinov2_weights.py",
+        "evaluation/dinov2.py",  # the network the download must load into
+    },
+    "dinov2_reference": {
+        "evaluation/__init__.py",
+        "evaluation/dinov2_reference.py",
+        "evaluation/dinov2.py",
+        "evaluation/scores.py",  # FD's real side is torchmetrics' FID state
+        "diffusion/__init__.py",
+        "diffusion/devices.py",
+        "data/__init__.py",
+        "data/dataset.py",
+    },
     "train": DIFFUSION
     | ARTEFACTS
     | {
@@ -77,8 +92,12 @@ EXPECTED_CODE = {
     },
     "sample": SAMPLERS | {"sampling/sample.py", "sampling/images.py"},
     "progress": SAMPLERS | SCORING | {"evaluation/progress.py"},
-    "evaluate": SCORING | ARTEFACTS | {"evaluation/evaluate.py", "evaluation/fidelity.py"},
+    "evaluate": SCORING
+    | ARTEFACTS
+    | {"evaluation/evaluate.py", "evaluation/fidelity.py"}
+    | {"evaluation/dinov2.py", "evaluation/names.py"},
     "summary": {"report/__init__.py", "report/summary.py", "report/runs.py"}
+    | {"evaluation/__init__.py", "evaluation/names.py"}  # metrics.json's FD_DINOv2 keys
     | {"diffusion/__init__.py", "diffusion/schedules.py"}
     | ARTEFACTS,
     "report": {
@@ -87,6 +106,7 @@ EXPECTED_CODE = {
         "report/runs.py",
         "evaluation/__init__.py",
         "evaluation/verdict.py",
+        "evaluation/names.py",
         "diffusion/__init__.py",
         "diffusion/schedules.py",
         "sampling/__init__.py",
@@ -164,7 +184,7 @@ EDITS = {
     "sampling/images.py": {"sample", "report"},
     "sampling/sample.py": {"sample"},  # the sample stage's summary: not progress's code
     "evaluation/evaluate.py": {"evaluate"},  # evaluation.json's wording: not the reference's
-    "evaluation/scores.py": {"reference_stats", "progress", "evaluate"},
+    "evaluation/scores.py": {"reference_stats", "dinov2_reference", "progress", "evaluate"},
     "data/decode.py": {"preprocess"},  # EXIF decoding: not the download
     "data/synthetic.py": {"preprocess", "inception_weights"},
     "report/runs.py": {"summary", "report"},
@@ -422,3 +442,29 @@ def test_instances_made_by_different_code_cannot_be_accepted_as_one(tmp_path):
     path.write_text(path.read_text().replace('"code": "', '"code": "0'))
     with pytest.raises(fingerprints.AcceptanceError, match="2 versions of its code"):
         stages.accept_code(cfg, ["train"], "why", tmp_path / "accepted.yaml")
+
+
+def test_the_dinov2_stages_and_their_files_exist_only_where_fd_dinov2_is_listed():
+    """FD_DINOv2's two stages, and evaluate's inputs and options for their files, are in the
+    table where evaluate.metrics lists fd_dinov2 (the default) and nowhere else; switching it
+    reruns evaluate and what follows, never the Inception reference or FID over training."""
+    on, off = FLOWERS, SYNTHETIC
+    assert "fd_dinov2" in on.evaluate.metrics and "fd_dinov2" not in off.evaluate.metrics
+    dinov2_stages = {"dinov2_weights", "dinov2_reference"}
+    assert dinov2_stages <= set(table(on)) and not dinov2_stages & set(table(off))
+    evaluate_on, evaluate_off = table(on)["evaluate"], table(off)["evaluate"]
+    assert evaluate_on.deps["dinov2_weights"] == on.evaluate.dinov2_weights
+    assert evaluate_on.deps["dinov2_reference"] == table(on)["dinov2_reference"].outs["reference"]
+    assert dict(evaluate_on.args)["--dinov2-weights"] == on.evaluate.dinov2_weights
+    assert not any("dinov2" in name for name in evaluate_off.deps)
+    assert not any("dinov2" in flag for flag, _ in evaluate_off.args)
+    with pytest.raises(ConfigError, match="only when evaluate.metrics lists 'fd_dinov2'"):
+        stages.get_stage("dinov2_reference", off)
+    assert stages.reruns("evaluate.metrics") == ["evaluate", "summary", "report"]
+    assert stages.reruns("evaluate.dinov2_weights") == [
+        "dinov2_weights",
+        "dinov2_reference",
+        "evaluate",
+        "summary",
+        "report",
+    ]

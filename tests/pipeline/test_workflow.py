@@ -30,13 +30,15 @@ from ddpm.data.artefacts import TIMING_FIELDS, read_checkpoint, read_final, read
 def test_dry_run_of_the_real_config_builds_the_expected_dag(tmp_path):
     project = make_project(tmp_path, yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     assert planned_jobs(project) == {
-        # 4 stages that run once, 4 networks' training and progress, 4 x 7 sampler variants x
-        # (sample, evaluate), summary, report
-        "settings": 70,
+        # 6 stages that run once (FD_DINOv2's two among them), 4 networks' training and
+        # progress, 4 x 7 sampler variants x (sample, evaluate), summary, report
+        "settings": 72,
         "download": 1,
         "preprocess": 1,
         "inception_weights": 1,
         "reference_stats": 1,
+        "dinov2_weights": 1,
+        "dinov2_reference": 1,
         "train": 4,
         "progress": 4,
         "sample": 28,

@@ -492,16 +492,24 @@ SWEEP = {
 }
 
 
-def fabricate_sweep(root: Path, grid: dict, fid, network_extra=None) -> tuple[Path, dict]:
+def fabricate_sweep(
+    root: Path, grid: dict, fid, network_extra=None, scores=None, report=None
+) -> tuple[Path, dict]:
     """Every network and sampler variant of `grid`, fabricated, with FID `fid(network params,
-    network evaluations per image)` and a sampling ± of 0.3, and what `network_extra(network,
-    folder)` adds; the report built over them."""
+    network evaluations per image)` and a sampling ± of 0.3, the other scores
+    `scores(network params, nfe)` gives, and what `network_extra(network, folder)` adds; the
+    report built over them, with the `report` settings given."""
     cfg = config_from_dict(
         {
             "grid": grid,
             "data": {"source": "synthetic", "synthetic_count": 24, "image_size": 16},
             "model": {"preset": "tiny"},
-            "report": {"grid_images": 9, "memorisation_samples": 2, "nearest_neighbours": 2},
+            "report": {
+                "grid_images": 9,
+                "memorisation_samples": 2,
+                "nearest_neighbours": 2,
+                **(report or {}),
+            },
         }
     )
     the_plan = plan(cfg)
@@ -518,8 +526,9 @@ def fabricate_sweep(root: Path, grid: dict, fid, network_extra=None) -> tuple[Pa
             network_extra(network, root / "runs" / network.id)
         for variant, nfe in variants.items():
             path = root / "runs" / network.id / variant / "metrics.json"
-            scores = {"fid": fid(network.params, nfe), "fid_std": 0.3}
-            path.write_text(json.dumps({**json.loads(path.read_text()), **scores}))
+            made = {"fid": fid(network.params, nfe), "fid_std": 0.3}
+            made |= scores(network.params, nfe) if scores else {}
+            path.write_text(json.dumps({**json.loads(path.read_text()), **made}))
     data = root / "data.npy"
     preprocess(cfg.data, data, bars=False)
     out = root / "report.html"
@@ -645,3 +654,40 @@ def test_the_verdict_is_on_the_first_screen_of_a_large_sweep(request, shape):
         assert browser.save_screenshot(str(ARTIFACTS / f"report-{shape}.png"))
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("metric", ["fid", "fd_dinov2"])
+def test_fid_and_fd_dinov2_are_compared_and_report_metric_ranks(tmp_path, metric):
+    """T = 1000 is 10 better by FID and 100 worse by FD_DINOv2 (each far beyond its noise): the
+    report shows FD_DINOv2 per run, says the two call T in opposite directions, and ranks by
+    report.metric."""
+    noise = np.random.default_rng(9)
+
+    def fid(p, nfe):
+        return 50.0 - (10.0 if p["T"] == 1000 else 0.0) + noise.normal(0, 0.3)
+
+    def fd(p, nfe):
+        value = 500.0 + (100.0 if p["T"] == 1000 else 0.0) + noise.normal(0, 3.0)
+        return {"fd_dinov2": value, "fd_dinov2_std": 3.0, "floor_fd_dinov2": 20.0}
+
+    grid = {"T": [350, 1000], "train.seed": [0, 1, 2]}
+    out, context = fabricate_sweep(tmp_path, grid, fid, scores=fd, report={"metric": metric})
+    html = out.read_text()
+    sentence = context["agreement"]["sentence"]
+    assert "call T = 1000 in opposite directions" in sentence and sentence in html
+    assert context["headline"][1] == sentence
+    best = "T = 1000" if metric == "fid" else "T = 350"
+    label = {"fid": "FID", "fd_dinov2": "FD_DINOv2"}[metric]
+    assert context["headline"][0].startswith(f"Lowest {label}: {best} (")
+    assert context["verdict"].metric == metric
+    cells = re.findall(r'<td class="fd_dinov2" data-value="([0-9.]+)"', html)
+    assert len(cells) == 6 and all(450 < float(v) < 650 for v in cells)
+    row = re.search(r'<tr data-axis="T" data-level="1000"><td>T = 1000</td>.*?</tr>', html, re.S)
+    assert row and "disagree" in row.group(0)
+    assert f"<th>&Delta; {label}</th>" in html
+
+
+def test_without_fd_dinov2_the_report_has_no_comparison_of_feature_spaces(report):
+    _, html, _, context = report
+    assert context["agreement"] is None
+    assert 'id="agreement"' not in html and "<th>FD_DINOv2</th>" not in html

@@ -30,6 +30,39 @@ rule reference_stats:
         get_shell("reference_stats")
 
 
+if "dinov2_weights" in STAGES:  # evaluate.metrics lists fd_dinov2
+
+    rule dinov2_weights:
+        input:
+            **get_inputs("dinov2_weights"),
+        output:
+            **get_outputs("dinov2_weights"),
+        log:
+            f"{RESULTS}/logs/dinov2_weights.log",
+        conda:
+            "../envs/ddpm.yaml"
+        shell:
+            get_shell("dinov2_weights")
+
+    rule dinov2_reference:
+        input:
+            **get_inputs("dinov2_reference"),
+        output:
+            **get_outputs("dinov2_reference"),
+        log:
+            f"{RESULTS}/logs/dinov2_reference.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/dinov2_reference.tsv"
+        conda:
+            "../envs/ddpm.yaml"
+        threads: 8
+        resources:
+            gpu=1,
+            tune=get_tuning("dinov2_reference"),
+        shell:
+            get_shell("dinov2_reference")
+
+
 rule evaluate:
     input:
         **get_inputs("evaluate"),
