@@ -47,32 +47,34 @@ def fetch_dinov2(url: str, out: str | Path, sha256_prefix: str, bars: bool = Tru
     else the known size), write them atomically, then check that they load into DINOv2
     ViT-L/14. The sidecar records the url, the sha256 and whether it was pinned."""
     out = check_output_file(out)
-    if not _usable(out, url, sha256_prefix):
+    digest = _kept(out, url, sha256_prefix)
+    if digest is None:
         weights_sidecar(out).unlink(missing_ok=True)  # it described what is replaced
-        _download(url, out, sha256_prefix, bars)
-    digest = weights_info(out)["sha256"]
+        digest = _download(url, out, sha256_prefix, bars)
     try:
         load_dinov2(out, torch.device("cpu"))
     except DinoV2Error:
         out.unlink(missing_ok=True)
         raise
     pinned = bool(sha256_prefix)
-    atomic_write_json(
-        weights_sidecar(out), {"kind": KIND, "url": url, "sha256": digest, "pinned": pinned}
-    )
-    return weights_info(out)
+    record = {"kind": KIND, "url": url, "sha256": digest, "pinned": pinned}
+    atomic_write_json(weights_sidecar(out), record)
+    return {"sha256": digest, "kind": KIND, "test_weights": False, "pinned": pinned}
 
 
-def _usable(out: Path, url: str, sha256_prefix: str) -> bool:
-    """Whether `out` already holds the weights the checks would accept."""
+def _kept(out: Path, url: str, sha256_prefix: str) -> str | None:
+    """The sha256 of `out` when it already holds weights the checks accept (hashed once: 1.2
+    GB), else None."""
     if not out.exists() or sidecar(out).get("kind", KIND) != KIND:
-        return False
-    if sha256_prefix:
-        return file_digest(out).startswith(sha256_prefix)
-    return out.stat().st_size == BYTES.get(url)
+        return None
+    if not sha256_prefix and out.stat().st_size != BYTES.get(url):
+        return None
+    digest = file_digest(out)
+    return digest if digest.startswith(sha256_prefix) else None
 
 
-def _download(url: str, out: Path, sha256_prefix: str, bars: bool) -> None:
+def _download(url: str, out: Path, sha256_prefix: str, bars: bool) -> str:
+    """Stream `url` to `out` through a temporary file; returns its sha256."""
     expected = BYTES.get(url)
     digest, done = hashlib.sha256(), 0
     with atomic_path(out) as tmp:
@@ -111,6 +113,7 @@ def _download(url: str, out: Path, sha256_prefix: str, bars: bool) -> None:
                 f"{url}: {done:,} bytes, where the published file has {expected:,}; the download "
                 "was removed. Try again, or pin evaluate.dinov2_sha256_prefix."
             )
+    return hexdigest
 
 
 def make_test_dinov2(out: str | Path, seed: int = 0, small: bool = False) -> dict:

@@ -3,7 +3,6 @@ download and checks, the reference stage, and the score in evaluate beside FID."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
@@ -23,6 +22,7 @@ from ddpm.evaluation.inception import MetricsError, extract_features
 from ddpm.evaluation.scores import fid, random_halves
 from ddpm.pipeline.config import config_from_dict
 from ddpm.pipeline.stages import prepare
+from ddpm.plumbing.files import file_digest
 
 CPU = torch.device("cpu")
 # The scored network's config with FD_DINOv2 on, through the small ViT of its family.
@@ -115,7 +115,7 @@ def test_the_weights_stage_downloads_checks_and_records_them(meta_file, tmp_path
     served.mkdir()
     (served / "meta.pth").symlink_to(meta_file)
     make_test_dinov2(served / "small.pth", small=True)
-    digest = hashlib.sha256(meta_file.read_bytes()).hexdigest()
+    digest = file_digest(meta_file)
     server = FileServer(served)
     url, small = f"{server.url}/meta.pth", f"{server.url}/small.pth"
     out = tmp_path / "w" / "dinov2.pth"

@@ -282,6 +282,8 @@ CASES = {
     ),
     # FD_DINOv2 switched on (a small random ViT of its family): its two stages run, and
     # evaluation with what follows; neither the Inception reference nor FID over training.
+    # Planned by both tools, run by Snakemake (DVC runs the same commands; both parse them:
+    # test_stages.py).
     "FD_DINOv2 switched on": (
         edit_config(
             "evaluate",
@@ -299,7 +301,7 @@ CASES = {
             "all": 1,
         },
         {"settings", "dinov2_weights", "dinov2_reference", "evaluate", "summary", "report"},
-        BOTH,
+        ("snakemake",),
     ),
     "data.workers (cannot change a result)": (
         edit_config("data", workers=1),
